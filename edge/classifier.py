@@ -1,0 +1,235 @@
+"""Image classification on a TFLite model: photo -> ranked categories, with no TensorFlow.
+
+Everything the model needs is read from the file itself: input size, dtype and quantization
+from the interpreter; normalization and labels from its metadata. Pixels come only from
+:mod:`edge.preprocess`, the definition training uses, so device and trainer see the same input.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge import preprocess
+from edge.metadata import ModelMetadata
+from edge.postprocess import Category, read_labels, to_scores, top_categories
+from edge.runtime import LoadedModel, TensorInfo, make_interpreter
+
+
+@dataclass(frozen=True)
+class ClassifierOptions:
+    """How to load and query a classifier.
+
+    model: path to the .tflite file.
+    num_threads: interpreter CPU threads (None: the runtime's default).
+    top_k: how many categories to return (<= 0: all).
+    threshold: drop categories scoring below this.
+    allow / deny: only report / never report these labels (exact match).
+    edgetpu: run through the Edge TPU delegate (needs libedgetpu and an _edgetpu model).
+    labels: a labels file that overrides the model's own labels.
+    fast_decode: let the JPEG decoder downscale while decoding (see edge.preprocess.load_rgb).
+    decode_workers: threads decoding ahead of the interpreter in :meth:`Classifier.classify_paths`.
+    """
+
+    model: str | Path
+    num_threads: int | None = None
+    top_k: int = 3
+    threshold: float = 0.0
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+    edgetpu: bool = False
+    labels: str | Path | None = None
+    fast_decode: bool = True
+    decode_workers: int = 2
+
+
+@dataclass(frozen=True)
+class InputPlan:
+    """How a uint8 RGB image becomes the input tensor (arguments of preprocess.to_input_tensor)."""
+
+    mean: tuple[float, ...] = (0.0, 0.0, 0.0)
+    std: tuple[float, ...] = (1.0, 1.0, 1.0)
+    quantization: tuple[float, int] = (0.0, 0)
+
+
+@dataclass(frozen=True)
+class Result:
+    """The outcome for one image file: categories, or an error message."""
+
+    path: str
+    categories: tuple[Category, ...] = ()
+    preprocess_ms: float = 0.0
+    inference_ms: float = 0.0
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    path: str
+    image: np.ndarray | None
+    ms: float
+    error: str | None = None
+
+
+def plan_input(meta: ModelMetadata, tensor: TensorInfo) -> InputPlan:
+    """Choose the input normalization for a model.
+
+    Float inputs: the metadata's mean/std (ours 0/1 -> raw 0..255, Google's 127.5/127.5);
+    without metadata our contract, raw 0..255. Integer inputs: raw pixels whenever the
+    metadata normalization followed by the tensor's quantization is within one level of the
+    identity (libcoral and the Task Library feed raw pixels there), else that mapping; without
+    metadata raw pixels (shifted by 128 for int8).
+    """
+    raw = _raw_pixel_plan(tensor.dtype)
+    if tensor.dtype.kind == "f":
+        if meta.mean is None or meta.std is None:
+            return InputPlan()
+        return InputPlan(tuple(meta.mean), tuple(meta.std))
+    if meta.mean is None or meta.std is None or not tensor.is_quantized:
+        return raw
+    planned = InputPlan(tuple(meta.mean), tuple(meta.std), tensor.quantization)
+    ramp = np.repeat(np.arange(256, dtype=np.uint8)[None, :, None], 3, axis=2)
+    via_metadata = preprocess.to_input_tensor(ramp, tensor.dtype, planned.mean, planned.std, planned.quantization)
+    via_raw = preprocess.to_input_tensor(ramp, tensor.dtype, raw.mean, raw.std, raw.quantization)
+    if np.abs(via_metadata.astype(np.int64) - via_raw.astype(np.int64)).max() <= 1:
+        return raw
+    return planned
+
+
+def _raw_pixel_plan(dtype: np.dtype) -> InputPlan:
+    """Raw pixels for an integer input: unchanged for uint8, shifted into range for int8."""
+    if dtype == np.int8:
+        return InputPlan(mean=(128.0, 128.0, 128.0), quantization=(1.0, 0))
+    return InputPlan()
+
+
+def resolve_labels(model_path: str | Path | None, meta: ModelMetadata, override: str | Path | None) -> tuple[list[str] | None, str]:
+    """Labels and where they came from: an explicit file, the model's metadata, a labels.txt
+    beside the model, else None (categories are named by index)."""
+    if override is not None:
+        return read_labels(override), str(override)
+    if meta.labels:
+        return list(meta.labels), "metadata"
+    if model_path is not None:
+        beside = Path(model_path).with_name("labels.txt")
+        if beside.is_file():
+            return read_labels(beside), str(beside)
+    return None, "indices"
+
+
+class Classifier:
+    """A loaded TFLite image classifier. Not thread-safe: call it from one thread."""
+
+    def __init__(self, options: ClassifierOptions):
+        self.options = options
+        self.model: LoadedModel = make_interpreter(options.model, options.num_threads, edgetpu=options.edgetpu)
+        self.spec = preprocess.PreprocessSpec(size=self.model.input_size)
+        self.plan = plan_input(self.model.metadata, self.model.input)
+        self.labels, self.labels_source = resolve_labels(options.model, self.model.metadata, options.labels)
+        self._interpreter = self.model.interpreter
+
+    @property
+    def backend(self) -> str:
+        return self.model.backend
+
+    @property
+    def num_classes(self) -> int:
+        return int(np.prod(self.model.output.shape[1:]))
+
+    def prepare(self, path: str | Path) -> np.ndarray:
+        """Decode and resize a photo to the model's input size (edge.preprocess.prepare)."""
+        return preprocess.prepare(path, self.spec, fast_decode=self.options.fast_decode)
+
+    def scores(self, image: np.ndarray) -> np.ndarray:
+        """One RGB uint8 image (any size) -> float32 class scores (see edge.postprocess)."""
+        image = preprocess.resize(np.asarray(image, dtype=np.uint8), self.spec)
+        tensor = preprocess.to_input_tensor(image, self.model.input.dtype, *self._plan_args())
+        self._interpreter.set_tensor(self.model.input.index, tensor)
+        self._interpreter.invoke()
+        raw = self._interpreter.get_tensor(self.model.output.index)[0]
+        return to_scores(raw, self.model.output.quantization)
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """Full score vectors: (H, W, 3) -> (C,), (N, H, W, 3) -> (N, C), float32.
+
+        Images are RGB uint8; ones not at the model size are resized the trainer's way. This is
+        what parity checks compare with the Keras model's softmax output.
+        """
+        images = np.asarray(images)
+        if images.ndim == 3:
+            return self.scores(images)
+        if images.ndim != 4:
+            raise ValueError(f"expected (H, W, 3) or (N, H, W, 3) images, got shape {images.shape}")
+        out = np.empty((len(images), self.num_classes), dtype=np.float32)
+        for i, image in enumerate(images):
+            out[i] = self.scores(image)
+        return out
+
+    def categorize(self, scores: np.ndarray) -> list[Category]:
+        """Scores -> the top categories under this classifier's options."""
+        o = self.options
+        return top_categories(scores, self.labels, o.top_k, o.threshold, o.allow, o.deny)
+
+    def classify_image(self, image: np.ndarray) -> list[Category]:
+        """RGB uint8 array (any size) -> top categories."""
+        return self.categorize(self.scores(image))
+
+    def classify_path(self, path: str | Path) -> list[Category]:
+        """Photo file -> top categories."""
+        return self.classify_image(self.prepare(path))
+
+    def classify_paths(self, paths: Iterable[str | Path]) -> Iterator[Result]:
+        """Classify many files in order, decoding ahead in a thread pool while the interpreter
+        runs (decoding and invoke both release the GIL). A file that cannot be read yields a
+        Result with ``error`` and the rest go on."""
+        workers = max(1, self.options.decode_workers)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+            pending: deque[Future] = deque()
+            queue = iter(paths)
+            for path in queue:
+                pending.append(pool.submit(self._prepare_timed, path))
+                if len(pending) >= 2 * workers:
+                    break
+            while pending:
+                prepared = pending.popleft().result()
+                for path in queue:
+                    pending.append(pool.submit(self._prepare_timed, path))
+                    break
+                yield self._classify_prepared(prepared)
+
+    def _plan_args(self) -> tuple:
+        return (self.plan.mean, self.plan.std, self.plan.quantization)
+
+    def _prepare_timed(self, path: str | Path) -> _Prepared:
+        start = time.perf_counter()
+        try:
+            image = self.prepare(path)
+        except Exception as exc:  # any undecodable file is reported for that file only
+            return _Prepared(str(path), None, 0.0, _one_line(exc))
+        return _Prepared(str(path), image, (time.perf_counter() - start) * 1000)
+
+    def _classify_prepared(self, prepared: _Prepared) -> Result:
+        if prepared.image is None:
+            return Result(prepared.path, error=prepared.error)
+        start = time.perf_counter()
+        categories = self.classify_image(prepared.image)
+        return Result(prepared.path, tuple(categories), prepared.ms, (time.perf_counter() - start) * 1000)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    if isinstance(exc, FileNotFoundError):
+        return "no such file"
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def default_threads() -> int:
+    """Interpreter threads when the user gives none: every core, as on a Pi the model is the work."""
+    return os.cpu_count() or 1

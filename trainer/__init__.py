@@ -1,0 +1,1 @@
+"""edge-transfer trainer: photos -> MobileNetV2 transfer-learned classifier -> TFLite."""

@@ -1,0 +1,56 @@
+"""Atomic file writes: content goes to a temp file in the target's folder, then os.replace.
+
+A crash or Ctrl-C leaves either the old file or the complete new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | Path, suffix: str | None = None):
+    """Yield a temp path next to ``final``; on success rename it into place, else delete it."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix or final.suffix, dir=final.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, final)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_bytes(final: str | Path, data: bytes) -> Path:
+    with atomic_path(final) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    return Path(final)
+
+
+def write_text(final: str | Path, text: str) -> Path:
+    return write_bytes(final, text.encode("utf-8"))
+
+
+def write_json(final: str | Path, obj) -> Path:
+    return write_text(final, json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")
+
+
+def _jsonable(x):
+    import numpy as np
+
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, Path):
+        return str(x)
+    raise TypeError(f"not JSON serializable: {type(x).__name__}")

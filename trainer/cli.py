@@ -1,0 +1,103 @@
+"""`python -m trainer`: train, evaluate, convert, android, bench.
+
+TensorFlow is imported inside the commands, so `--help` answers at once. User errors (bad
+data, bad backbone, bad run directory) print one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train a photo classifier offline and export it to TFLite.")
+
+
+def _fail(message: str, code: int = 2):
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _user_errors():
+    """Exception types that mean 'the user asked for something impossible', not a bug."""
+    from trainer.backbones import BackboneError
+    from trainer.data import DataError
+
+    return (DataError, BackboneError, FileNotFoundError)
+
+
+def _quiet_tensorflow() -> None:
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@app.command()
+def train(
+    data: Path = typer.Option(..., "--data", help="Folder with one sub-folder of photos per class."),
+    out: Path = typer.Option(..., "--out", help="Run directory to write (model.keras, report.json, ...)."),
+    backbone: str = typer.Option("mobilenet_v2", help="mobilenet_v2 | a keras.applications name | hub:PATH"),
+    weights: str = typer.Option("default", help="default | imagenet | PATH | none"),
+    image_size: int = typer.Option(224, help="Square input size in pixels."),
+    epochs: int = typer.Option(60, help="Max head epochs on cached features (early stopping)."),
+    fine_tune_layers: int = typer.Option(0, help="Stage 2: unfreeze the top N layers of the base."),
+    fine_tune_from: Optional[str] = typer.Option(None, help="Stage 2: unfreeze from this layer, e.g. block_13_expand."),
+    fine_tune_epochs: int = typer.Option(6, help="Max stage-2 epochs (early stopping on val loss)."),
+    flip_features: bool = typer.Option(False, help="Also cache features of mirrored photos (augmentation)."),
+    label_smoothing: float = typer.Option(0.1),
+    seed: int = typer.Option(42),
+    val_split: float = typer.Option(0.1),
+    test_split: float = typer.Option(0.2),
+    min_per_class: int = typer.Option(5, help="Fewer readable photos in a class is an error."),
+    tensorboard: bool = typer.Option(False, help="Write TensorBoard logs to RUN_DIR/tensorboard."),
+    threads: int = typer.Option(0, help="Threads for feature extraction (0: all cores)."),
+):
+    """Train on a folder of class folders and write a self-describing run directory."""
+    from trainer.config import BackboneConfig, DataConfig, RunConfig, TrainConfig
+
+    cfg = RunConfig(
+        data=DataConfig(str(data), val_split, test_split, min_per_class),
+        backbone=BackboneConfig(backbone, weights, image_size),
+        train=TrainConfig(epochs=epochs, fine_tune_layers=fine_tune_layers, fine_tune_from=fine_tune_from,
+                          fine_tune_epochs=fine_tune_epochs, flip_features=flip_features,
+                          label_smoothing=label_smoothing, tensorboard=tensorboard, threads=threads),
+        seed=seed,
+    )
+    _quiet_tensorflow()
+    from trainer import train as training
+
+    try:
+        report = training.run(cfg, out)
+    except _user_errors() as exc:
+        _fail(str(exc))
+    test = report["splits"]["test"]
+    typer.echo(f"test accuracy {test['accuracy']} on {test['n']} photos; skipped {len(report['skipped'])} files; "
+               f"{report['timings']['total_s']:.1f} s; wrote {out}")
+
+
+@app.command()
+def evaluate(
+    run_dir: Path = typer.Argument(..., help="A training run directory."),
+    data: Path = typer.Option(..., "--data", help="Folder of class folders, named like the run's labels."),
+):
+    """Evaluate the run's model.keras on any folder; prints one JSON object."""
+    _quiet_tensorflow()
+    from trainer import evaluate as evaluation
+
+    try:
+        result = evaluation.evaluate_folder(run_dir, data)
+    except _user_errors() as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(result))
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)

@@ -1,0 +1,72 @@
+"""Run configuration: three small dataclasses with working defaults, filled by the CLI and
+written back as RUN_DIR/config.json so a run can be repeated exactly."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """dir: folder of class folders. val_split/test_split: stratified fractions.
+    min_per_class: fewer readable images in any class is an error."""
+
+    dir: str
+    val_split: float = 0.1
+    test_split: float = 0.2
+    min_per_class: int = 5
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """name: "mobilenet_v2", a keras.applications model name, or "hub:PATH" (SavedModel).
+    weights: "default" (shipped for mobilenet_v2, else imagenet), "imagenet", a file, or "none".
+    image_size: square input side. alpha: MobileNetV2 width multiplier (1.0 has shipped weights)."""
+
+    name: str = "mobilenet_v2"
+    weights: str = "default"
+    image_size: int = 224
+    alpha: float = 1.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """epochs: max head epochs on cached features (early stopping on val loss, patience).
+    flip_features: also cache features of mirrored photos (doubles extraction, more data).
+    tta_flip: average predictions over the photo and its mirror (in the saved model too).
+    fine_tune_layers / fine_tune_from: stage 2, unfreeze the top N base layers or from a named
+    layer (e.g. "block_13_expand"); BatchNorm stays in inference mode."""
+
+    epochs: int = 60
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    dropout: float = 0.2
+    label_smoothing: float = 0.1
+    weight_decay: float = 1e-4
+    patience: int = 8
+    class_weights: bool = True
+    flip_features: bool = False
+    tta_flip: bool = False
+    fine_tune_layers: int = 0
+    fine_tune_from: str | None = None
+    fine_tune_epochs: int = 6
+    fine_tune_learning_rate: float = 1e-5
+    fine_tune_patience: int = 2
+    fine_tune_batch_size: int = 32
+    tensorboard: bool = False
+    threads: int = 0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    data: DataConfig
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 42
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        return cls(DataConfig(**d["data"]), BackboneConfig(**d["backbone"]), TrainConfig(**d["train"]), d["seed"])

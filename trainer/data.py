@@ -1,0 +1,151 @@
+"""Folder-per-class datasets: scan, decode once (skipping bad files), stratified seeded splits.
+
+Decoding goes through ``edge.preprocess.prepare``: the same pixels the edge runtime will see.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge.preprocess import IMAGE_EXTENSIONS, PreprocessSpec, prepare
+
+
+class DataError(ValueError):
+    """A dataset problem the user must fix; the CLI prints it as one line (exit code 2)."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: str  # relative to the dataset root, POSIX separators
+    label: int
+
+
+@dataclass(frozen=True)
+class Splits:
+    """The resolved split of a run (written to RUN_DIR/splits.json so later steps reuse it)."""
+
+    data_dir: str
+    labels: list[str]
+    train: list[Sample]
+    val: list[Sample]
+    test: list[Sample]
+    skipped: list[dict] = field(default_factory=list)
+
+    def part(self, name: str) -> list[Sample]:
+        if name not in ("train", "val", "test"):
+            raise ValueError(f"split must be train, val or test, got {name!r}")
+        return getattr(self, name)
+
+    def paths(self, name: str) -> list[Path]:
+        return [Path(self.data_dir) / s.path for s in self.part(name)]
+
+    def targets(self, name: str) -> np.ndarray:
+        return np.array([s.label for s in self.part(name)], dtype=np.int64)
+
+    def to_dict(self) -> dict:
+        enc = lambda xs: [{"path": s.path, "label": s.label} for s in xs]  # noqa: E731
+        return {"data_dir": self.data_dir, "labels": self.labels, "train": enc(self.train),
+                "val": enc(self.val), "test": enc(self.test), "skipped": self.skipped}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Splits":
+        dec = lambda xs: [Sample(x["path"], int(x["label"])) for x in xs]  # noqa: E731
+        return cls(d["data_dir"], list(d["labels"]), dec(d["train"]), dec(d["val"]), dec(d["test"]),
+                   list(d.get("skipped", [])))
+
+
+def read_splits(run_dir: str | Path) -> Splits:
+    path = Path(run_dir) / "splits.json"
+    if not path.exists():
+        raise DataError(f"{path} not found: is {run_dir} a training run directory?")
+    return Splits.from_dict(json.loads(path.read_text()))
+
+
+def list_classes(root: Path) -> list[str]:
+    """Sorted names of the visible sub-folders: the label order of every model trained on root."""
+    if not root.is_dir():
+        raise DataError(f"data directory not found: {root}")
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files under folder (recursive, any-case extension, hidden files skipped), sorted."""
+    return sorted(
+        p for p in folder.rglob("*")
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+    )
+
+
+def scan(root: str | Path) -> tuple[list[str], list[Sample]]:
+    """Class names and every candidate image (not yet decoded)."""
+    root = Path(root)
+    classes = list_classes(root)
+    samples = [Sample(p.relative_to(root).as_posix(), i)
+               for i, c in enumerate(classes) for p in list_images(root / c)]
+    if not samples:
+        raise DataError(f"no images found in {root} (expected {root}/<class>/*.jpg)")
+    if len(classes) < 2:
+        raise DataError(f"need at least 2 class folders in {root}, found {len(classes)}: {classes}")
+    return classes, samples
+
+
+def _decode(path: Path, spec: PreprocessSpec):
+    try:
+        return prepare(path, spec), None
+    except Exception as exc:  # any decoder failure means "skip this file", reported by reason
+        return None, f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+
+
+def load_images(paths, spec: PreprocessSpec, threads: int | None = None, progress: str | None = None):
+    """Decode paths in a thread pool (PIL releases the GIL) -> (uint8 N*H*W*3, ok mask, errors).
+
+    Failed files are not fatal: their rows stay zero, ok is False and errors maps path -> reason.
+    """
+    paths = [Path(p) for p in paths]
+    out = np.zeros((len(paths), *spec.size, 3), dtype=np.uint8)
+    ok = np.zeros(len(paths), dtype=bool)
+    errors: dict[str, str] = {}
+    threads = threads or min(8, (os.cpu_count() or 2) * 2)
+    with ThreadPoolExecutor(threads) as pool:
+        results = pool.map(lambda p: _decode(p, spec), paths)
+        if progress:
+            from tqdm.auto import tqdm
+            results = tqdm(results, total=len(paths), desc=progress, unit="img")
+        for i, (img, err) in enumerate(results):
+            if err is None:
+                out[i], ok[i] = img, True
+            else:
+                errors[str(paths[i])] = err
+    return out, ok, errors
+
+
+def stratified_split(samples: list[Sample], n_classes: int, val: float, test: float, seed: int):
+    """Per class: shuffle (seeded), take round(n*test) for test, round(n*val) for val (at least
+    one each when the fraction is > 0), the rest for train. Returns (train, val, test) lists."""
+    if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
+        raise DataError(f"--val-split and --test-split must be in [0, 1) with a sum below 1, got {val} and {test}")
+    rng = np.random.default_rng(seed)
+    parts: tuple[list, list, list] = ([], [], [])
+    for c in range(n_classes):
+        members = [s for s in samples if s.label == c]
+        order = rng.permutation(len(members))
+        n_test = max(1, round(len(members) * test)) if test > 0 else 0
+        n_val = max(1, round(len(members) * val)) if val > 0 else 0
+        picked = [members[i] for i in order]
+        parts[2].extend(picked[:n_test])
+        parts[1].extend(picked[n_test:n_test + n_val])
+        parts[0].extend(picked[n_test + n_val:])
+    return tuple(sorted(p, key=lambda s: s.path) for p in parts)
+
+
+def check_counts(classes: list[str], samples: list[Sample], min_per_class: int) -> None:
+    counts = np.bincount([s.label for s in samples], minlength=len(classes))
+    low = [f"{c} ({n})" for c, n in zip(classes, counts) if n < min_per_class]
+    if low:
+        raise DataError(f"classes below the minimum of {min_per_class} readable images: {', '.join(low)}")

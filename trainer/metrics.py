@@ -1,0 +1,43 @@
+"""Classification metrics on plain arrays (pure numpy, so they are trivially testable)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """Rows are true classes, columns predicted classes."""
+    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(cm, (np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64)), 1)
+    return cm
+
+
+def classification_report(y_true, probs: np.ndarray, labels: list[str]) -> dict:
+    """accuracy, n, per-class precision/recall/F1/support and the confusion matrix."""
+    y_true = np.asarray(y_true, np.int64)
+    y_pred = np.argmax(probs, axis=1) if len(probs) else np.zeros(0, np.int64)
+    cm = confusion_matrix(y_true, y_pred, len(labels))
+    tp = np.diag(cm).astype(float)
+    predicted, actual = cm.sum(axis=0), cm.sum(axis=1)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, actual, out=np.zeros_like(tp), where=actual > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+    per_class = {
+        name: {"precision": round(float(p), 4), "recall": round(float(r), 4), "f1": round(float(f), 4), "support": int(s)}
+        for name, p, r, f, s in zip(labels, precision, recall, f1, actual)
+    }
+    n = int(len(y_true))
+    return {
+        "accuracy": round(float(tp.sum() / n), 4) if n else None,
+        "n": n,
+        "macro_f1": round(float(f1[actual > 0].mean()), 4) if n else None,
+        "per_class": per_class,
+        "confusion_matrix": cm.tolist(),
+    }
+
+
+def balanced_class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
+    """n / (k * count_c): each class contributes equally to the loss."""
+    counts = np.bincount(np.asarray(y, np.int64), minlength=n_classes).astype(float)
+    return {c: float(len(y) / (n_classes * counts[c])) if counts[c] else 0.0 for c in range(n_classes)}

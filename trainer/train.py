@@ -1,0 +1,234 @@
+"""Training: stage 1 fits the head on cached backbone features, stage 2 optionally fine-tunes
+the top of the base (BatchNorm kept in inference mode). Writes the run directory."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edge.preprocess import PreprocessSpec
+from trainer import atomic, data, features, metrics, plots
+from trainer.backbones import Backbone, BackboneError, build_backbone
+from trainer.config import RunConfig
+
+
+def epoch_bar(total: int, desc: str):
+    """A Keras callback showing a tqdm bar over epochs (for fits of many short epochs)."""
+    import keras
+    from tqdm.auto import tqdm
+
+    class EpochBar(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.bar = tqdm(total=total, desc=desc, unit="epoch")
+
+        def on_epoch_end(self, epoch, logs=None):
+            shown = ("loss", "val_loss", "val_accuracy")
+            self.bar.set_postfix({k: f"{v:.3f}" for k, v in (logs or {}).items() if k in shown})
+            self.bar.update(1)
+
+        def on_train_end(self, logs=None):
+            self.bar.close()
+
+    return EpochBar()
+
+
+def _one_hot(y: np.ndarray, n: int) -> np.ndarray:
+    return np.eye(n, dtype=np.float32)[y]
+
+
+def _loss(cfg: RunConfig):
+    import keras
+
+    return keras.losses.CategoricalCrossentropy(label_smoothing=cfg.train.label_smoothing)
+
+
+def train_head(cfg: RunConfig, x_train, y_train, x_val, y_val, n_classes: int, callbacks=()):
+    """Dropout + Dense softmax on pooled features, early stopping on validation loss."""
+    import keras
+
+    t = cfg.train
+    head = keras.Sequential([
+        keras.Input((x_train.shape[1],)),
+        keras.layers.Dropout(t.dropout, seed=cfg.seed),
+        keras.layers.Dense(n_classes, activation="softmax", kernel_regularizer=keras.regularizers.L2(t.weight_decay)),
+    ], name="head")
+    head.compile(keras.optimizers.Adam(t.learning_rate), _loss(cfg), metrics=["accuracy"])
+    has_val = len(x_val) > 0
+    stop = keras.callbacks.EarlyStopping(monitor="val_loss" if has_val else "loss", patience=t.patience,
+                                         restore_best_weights=True)
+    history = head.fit(
+        x_train, _one_hot(y_train, n_classes),
+        validation_data=(x_val, _one_hot(y_val, n_classes)) if has_val else None,
+        epochs=t.epochs, batch_size=t.batch_size, shuffle=True, verbose=0,
+        class_weight=metrics.balanced_class_weights(y_train, n_classes) if t.class_weights else None,
+        callbacks=[stop, epoch_bar(t.epochs, "head"), *callbacks],
+    )
+    return head, history.history
+
+
+def assemble(backbone: Backbone, head, n_classes: int, dropout: float):
+    """One model: RGB 0..255 image -> normalization -> base (inference mode) -> GAP -> head."""
+    import keras
+
+    inputs = keras.Input((backbone.image_size, backbone.image_size, 3), name="image")
+    x = backbone.features(inputs, training=False)
+    x = keras.layers.Dropout(dropout, name="head_dropout")(x)
+    outputs = keras.layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
+    model = keras.Model(inputs, outputs, name="edge_transfer_classifier")
+    model.get_layer("probabilities").set_weights(head.layers[-1].get_weights())
+    return model
+
+
+def unfreeze_top(base, n_layers: int, from_layer: str | None) -> int:
+    """Make the top of the base trainable (BatchNorm excluded); returns the first trainable index."""
+    import keras
+
+    layers = base.layers
+    if from_layer:
+        names = [layer.name for layer in layers]
+        if from_layer not in names:
+            blocks = sorted({n for n in names if n.endswith("_expand") or n.startswith("Conv")})
+            raise BackboneError(f"no layer named {from_layer!r} in the base; block starts: {', '.join(blocks[-6:])}")
+        start = names.index(from_layer)
+    else:
+        if not 0 < n_layers <= len(layers):
+            raise BackboneError(f"--fine-tune-layers must be between 1 and {len(layers)}, got {n_layers}")
+        start = len(layers) - n_layers
+    base.trainable = True
+    for i, layer in enumerate(layers):
+        layer.trainable = i >= start and not isinstance(layer, keras.layers.BatchNormalization)
+    return start
+
+
+def _augmenter(seed: int):
+    import keras
+
+    return keras.Sequential([
+        keras.layers.RandomFlip("horizontal", seed=seed),
+        keras.layers.RandomZoom((-0.15, 0.0), seed=seed + 1, fill_mode="reflect"),
+        keras.layers.RandomTranslation(0.05, 0.05, seed=seed + 2, fill_mode="reflect"),
+        keras.layers.RandomBrightness(0.1, value_range=(0, 255), seed=seed + 3),
+    ], name="augment")
+
+
+def fine_tune(cfg: RunConfig, backbone: Backbone, model, images, y_train, val_images, y_val, n_classes, callbacks=()):
+    """Stage 2: low learning rate, augmentation, early stopping, best weights restored."""
+    import keras
+    import tensorflow as tf
+
+    t = cfg.train
+    if not backbone.fine_tunable:
+        raise BackboneError("this backbone (hub:PATH SavedModel) is inference-only: train without --fine-tune-layers")
+    unfreeze_top(backbone.base, t.fine_tune_layers, t.fine_tune_from)
+    model.compile(keras.optimizers.Adam(t.fine_tune_learning_rate), _loss(cfg), metrics=["accuracy"])
+    augment = _augmenter(cfg.seed)
+    train_ds = (tf.data.Dataset.from_tensor_slices((images, _one_hot(y_train, n_classes)))
+                .shuffle(len(images), seed=cfg.seed)
+                .batch(t.fine_tune_batch_size)
+                .map(lambda x, y: (augment(tf.cast(x, tf.float32), training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+                .prefetch(tf.data.AUTOTUNE))
+    has_val = len(val_images) > 0
+    val_ds = (tf.data.Dataset.from_tensor_slices((val_images.astype(np.float32), _one_hot(y_val, n_classes)))
+              .batch(t.fine_tune_batch_size)) if has_val else None
+    stop = keras.callbacks.EarlyStopping(monitor="val_loss" if has_val else "loss", patience=t.fine_tune_patience,
+                                         restore_best_weights=True)
+    history = model.fit(train_ds, validation_data=val_ds, epochs=t.fine_tune_epochs, verbose=1,
+                        class_weight=metrics.balanced_class_weights(y_train, n_classes) if t.class_weights else None,
+                        callbacks=[stop, *callbacks])
+    backbone.base.trainable = False
+    return history.history
+
+
+def predict(model, images: np.ndarray, batch: int = 32) -> np.ndarray:
+    return model.predict(images.astype(np.float32), batch_size=batch, verbose=0) if len(images) else np.zeros((0, model.output_shape[-1]))
+
+
+def run(cfg: RunConfig, out: Path) -> dict:
+    """The whole `train` command; returns the report (also written to out/report.json)."""
+    import keras
+
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(cfg.seed)
+    spec = PreprocessSpec(size=(cfg.backbone.image_size, cfg.backbone.image_size))
+    root = Path(cfg.data.dir).resolve()
+
+    # data: scan, decode once (bad files skipped and reported), split
+    classes, candidates = data.scan(root)
+    t0 = time.perf_counter()
+    images, ok, errors = data.load_images([root / s.path for s in candidates], spec, progress="decode")
+    timings["decode_s"] = time.perf_counter() - t0
+    skipped = [{"path": s.path, "reason": errors[str(root / s.path)]} for s, good in zip(candidates, ok) if not good]
+    samples = [s for s, good in zip(candidates, ok) if good]
+    images = images[ok]
+    row = {s.path: i for i, s in enumerate(samples)}
+    data.check_counts(classes, samples, cfg.data.min_per_class)
+    train, val, test = data.stratified_split(samples, len(classes), cfg.data.val_split, cfg.data.test_split, cfg.seed)
+    splits = data.Splits(str(root), classes, train, val, test, skipped)
+    idx = {name: np.array([row[s.path] for s in part], np.int64) for name, part in
+           (("train", train), ("val", val), ("test", test))}
+    ys = {name: splits.targets(name) for name in idx}
+    atomic.write_text(out / "labels.txt", "\n".join(classes) + "\n")
+    atomic.write_json(out / "splits.json", splits.to_dict())
+    atomic.write_json(out / "config.json", {**cfg.to_dict(), "preprocess": spec.to_dict(),
+                                            "model_input": "RGB uint8 values as float32, 0..255"})
+
+    # stage 1: features once, head on the cache
+    backbone = build_backbone(cfg.backbone)
+    feature_model = backbone.feature_model()
+    feats = features.extract(feature_model, images, cfg.train.threads or None, timings=timings)
+    x_train, y_train = feats[idx["train"]], ys["train"]
+    if cfg.train.flip_features:
+        flipped = features.extract(feature_model, np.ascontiguousarray(images[idx["train"]][:, :, ::-1]),
+                                   cfg.train.threads or None, desc="features (mirrored)", timings=timings)
+        x_train, y_train = np.concatenate([x_train, flipped]), np.concatenate([y_train, y_train])
+    callbacks = []
+    if cfg.train.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(out / "tensorboard")))
+    t0 = time.perf_counter()
+    head, head_history = train_head(cfg, x_train, y_train, feats[idx["val"]], ys["val"], len(classes), callbacks)
+    timings["head_s"] = time.perf_counter() - t0
+    history = {"head": head_history}
+    model = assemble(backbone, head, len(classes), cfg.train.dropout)
+    fine_tuned = bool(cfg.train.fine_tune_layers or cfg.train.fine_tune_from)
+    if fine_tuned:
+        t0 = time.perf_counter()
+        history["fine_tune"] = fine_tune(cfg, backbone, model, images[idx["train"]], ys["train"],
+                                         images[idx["val"]], ys["val"], len(classes), callbacks)
+        timings["fine_tune_s"] = time.perf_counter() - t0
+
+    # evaluation: head-only models score on the cached features (same network, float32 TFLite base)
+    t0 = time.perf_counter()
+    probs = {}
+    for name in ("train", "val", "test"):
+        probs[name] = predict(model, images[idx[name]]) if fine_tuned else head.predict(feats[idx[name]], verbose=0)
+    timings["evaluate_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    with atomic.atomic_path(out / "model.keras") as tmp:
+        model.save(tmp)
+    timings["save_s"] = time.perf_counter() - t0
+    timings["total_s"] = time.perf_counter() - t_start
+
+    report = {
+        "labels": classes,
+        "counts": {name: len(splits.part(name)) for name in ("train", "val", "test")},
+        "splits": {name: metrics.classification_report(ys[name], probs[name], classes) for name in probs},
+        "skipped": skipped,
+        "stages": {name: {"epochs": len(h.get("loss", [])),
+                          "best_val_loss": round(float(min(h["val_loss"])), 4) if h.get("val_loss") else None}
+                   for name, h in history.items()},
+        "timings": {k: round(v, 2) for k, v in timings.items()},
+        "history": {stage: {k: [round(float(v), 5) for v in vs] for k, vs in h.items()} for stage, h in history.items()},
+    }
+    atomic.write_json(out / "report.json", report)
+    plots.training_curves(history, out / "training_curves.png")
+    eval_split = "test" if len(idx["test"]) else "val"
+    plots.confusion(np.array(report["splits"][eval_split]["confusion_matrix"]), classes, out / "confusion_matrix.png",
+                    title=f"{eval_split} confusion matrix")
+    plots.prediction_grid(images[idx[eval_split]], ys[eval_split], probs[eval_split], classes, out / "predictions.png")
+    return report
