@@ -7,12 +7,11 @@ from the interpreter; normalization and labels from its metadata. Pixels come on
 
 from __future__ import annotations
 
-import os
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -82,25 +81,16 @@ def plan_input(meta: ModelMetadata, tensor: TensorInfo) -> InputPlan:
     """Choose the input normalization for a model.
 
     Float inputs: the metadata's mean/std (ours 0/1 -> raw 0..255, Google's 127.5/127.5);
-    without metadata our contract, raw 0..255. Integer inputs: raw pixels whenever the
-    metadata normalization followed by the tensor's quantization is within one level of the
-    identity (libcoral and the Task Library feed raw pixels there), else that mapping; without
-    metadata raw pixels (shifted by 128 for int8).
+    without metadata our contract, raw 0..255. Integer inputs: raw pixels (shifted by 128 for
+    int8), whatever the metadata says, as libcoral and the Task Library do; the quantization
+    already encodes the normalization (automl's metadata says mean 0, std 1 on an input
+    quantized with scale 1/127, which taken literally would saturate every pixel).
     """
-    raw = _raw_pixel_plan(tensor.dtype)
-    if tensor.dtype.kind == "f":
-        if meta.mean is None or meta.std is None:
-            return InputPlan()
-        return InputPlan(tuple(meta.mean), tuple(meta.std))
-    if meta.mean is None or meta.std is None or not tensor.is_quantized:
-        return raw
-    planned = InputPlan(tuple(meta.mean), tuple(meta.std), tensor.quantization)
-    ramp = np.repeat(np.arange(256, dtype=np.uint8)[None, :, None], 3, axis=2)
-    via_metadata = preprocess.to_input_tensor(ramp, tensor.dtype, planned.mean, planned.std, planned.quantization)
-    via_raw = preprocess.to_input_tensor(ramp, tensor.dtype, raw.mean, raw.std, raw.quantization)
-    if np.abs(via_metadata.astype(np.int64) - via_raw.astype(np.int64)).max() <= 1:
-        return raw
-    return planned
+    if tensor.dtype.kind != "f":
+        return _raw_pixel_plan(tensor.dtype)
+    if meta.mean is None or meta.std is None:
+        return InputPlan()
+    return InputPlan(tuple(meta.mean), tuple(meta.std))
 
 
 def _raw_pixel_plan(dtype: np.dtype) -> InputPlan:
@@ -228,8 +218,3 @@ def _one_line(exc: BaseException) -> str:
     if isinstance(exc, FileNotFoundError):
         return "no such file"
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-
-
-def default_threads() -> int:
-    """Interpreter threads when the user gives none: every core, as on a Pi the model is the work."""
-    return os.cpu_count() or 1

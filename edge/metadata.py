@@ -12,6 +12,7 @@ without metadata is not an error.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import struct
@@ -61,7 +62,10 @@ _MAX_DEPTH = 64  # nesting guard against cyclic offsets in hostile files
 
 
 class InvalidModelError(ValueError):
-    """Not a TFLite flatbuffer, truncated, or garbage."""
+    """Not a TFLite flatbuffer, truncated, or garbage. The message is always one line."""
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
 
 
 @dataclass(frozen=True)
@@ -234,6 +238,7 @@ def _metadata_entries(model: _Table) -> dict[str, bytes]:
 def _guarded(fn):
     """Turn any low-level fault on hostile bytes into a one-line InvalidModelError."""
 
+    @functools.wraps(fn)
     def wrapper(model, *args, **kwargs):
         try:
             return fn(model, *args, **kwargs)
@@ -242,7 +247,6 @@ def _guarded(fn):
         except (struct.error, IndexError, ValueError, OverflowError, RecursionError, MemoryError) as exc:
             raise InvalidModelError(f"corrupt TFLite model: {type(exc).__name__}: {exc}") from None
 
-    wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
     return wrapper
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib
 import os
 import platform
+import struct
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,16 +117,52 @@ def load_backend(name: str | None = None) -> Backend:
 
 
 def check_model_bytes(data: bytes) -> ModelMetadata:
-    """Validate a model's bytes (identifier, flatbuffer tables, every buffer in range) and
-    return its metadata; raises InvalidModelError with one line."""
+    """Validate a model's bytes and return its metadata; raises InvalidModelError (one line).
+
+    edge.metadata checks the identifier and the tables it reads; on top of that every weight
+    buffer must lie inside the file, because tflite-runtime 2.14 segfaults on a truncated model
+    instead of raising.
+    """
     meta = metadata.read_metadata(data)
-    try:  # truncated weights are not touched by the metadata reader but crash tflite-runtime 2.14
-        root = metadata._model_root(data)
-        for i in range(len(root.tables(4))):
-            metadata._buffer_data(data, root, i)
-    except InvalidModelError as exc:
-        raise InvalidModelError(f"truncated or corrupt TFLite model: {exc}") from None
+    try:
+        _check_buffers(data)
+    except (struct.error, IndexError) as exc:
+        raise InvalidModelError(f"truncated or corrupt TFLite model ({exc})") from None
     return meta
+
+
+def _check_buffers(data: bytes) -> None:
+    """Walk Model.buffers (schema.fbs field 4) and bounds-check each one's bytes."""
+
+    def table_field(table: int, slot: int) -> int | None:
+        vtable = table - struct.unpack_from("<i", data, table)[0]
+        vt_size = struct.unpack_from("<H", data, vtable)[0]
+        if 4 + 2 * slot >= vt_size:
+            return None
+        offset = struct.unpack_from("<H", data, vtable + 4 + 2 * slot)[0]
+        return table + offset if offset else None
+
+    def vector(table: int, slot: int, elem_size: int) -> tuple[int, int]:
+        pos = table_field(table, slot)
+        if pos is None:
+            return 0, 0
+        start = pos + struct.unpack_from("<I", data, pos)[0]
+        n = struct.unpack_from("<I", data, start)[0]
+        if start + 4 + n * elem_size > len(data):
+            raise IndexError(f"vector at {start} runs past the end of the file ({len(data)} bytes)")
+        return start + 4, n
+
+    root = struct.unpack_from("<I", data, 0)[0]
+    start, n = vector(root, 4, 4)
+    for i in range(n):
+        slot = start + 4 * i
+        buffer = slot + struct.unpack_from("<I", data, slot)[0]
+        vector(buffer, 0, 1)
+        offset_pos, size_pos = table_field(buffer, 1), table_field(buffer, 2)
+        if offset_pos is not None and size_pos is not None:
+            offset, size = struct.unpack_from("<Q", data, offset_pos)[0], struct.unpack_from("<Q", data, size_pos)[0]
+            if offset > 1 and offset + size > len(data):
+                raise IndexError(f"buffer {i} ends at {offset + size}, past the end of the file ({len(data)} bytes)")
 
 
 def edgetpu_delegate(backend: Backend):
@@ -184,3 +222,44 @@ def make_interpreter(
         delegate="edgetpu" if edgetpu else (type(delegate).__name__ if delegate is not None else None),
         source=source,
     )
+
+
+@dataclass(frozen=True)
+class InvokeTiming:
+    """Bare-invoke latency over a fixed number of runs."""
+
+    runs: int
+    p50_ms: float
+    p90_ms: float
+    mean_ms: float
+
+    @property
+    def images_per_s(self) -> float:
+        return 1000.0 / self.mean_ms if self.mean_ms > 0 else float("inf")
+
+    def to_dict(self) -> dict:
+        return {"runs": self.runs, "p50_ms": self.p50_ms, "p90_ms": self.p90_ms, "mean_ms": self.mean_ms,
+                "images_per_s": self.images_per_s}
+
+
+def time_invoke(model: LoadedModel, runs: int = 50, warmup: int = 5, seed: int = 0) -> InvokeTiming:
+    """Time set_tensor + invoke on seeded random input (fixed counts, so runs are comparable)."""
+    rng = np.random.default_rng(seed)
+    spec = model.input
+    if spec.dtype.kind == "f":
+        data = rng.random(spec.shape, dtype=np.float32)
+    else:
+        info = np.iinfo(spec.dtype)
+        data = rng.integers(info.min, info.max, size=spec.shape, dtype=spec.dtype, endpoint=True)
+    interpreter = model.interpreter
+    for _ in range(warmup):
+        interpreter.set_tensor(spec.index, data)
+        interpreter.invoke()
+    times = np.empty(max(1, runs))
+    for i in range(len(times)):
+        start = time.perf_counter()
+        interpreter.set_tensor(spec.index, data)
+        interpreter.invoke()
+        times[i] = (time.perf_counter() - start) * 1000
+    return InvokeTiming(len(times), float(np.percentile(times, 50)), float(np.percentile(times, 90)),
+                        float(times.mean()))

@@ -141,23 +141,29 @@ def fine_tune(cfg: RunConfig, backbone: Backbone, model, images, y_train, val_im
     return history.history
 
 
+def without_optimizer(model):
+    """A copy of a compiled model with its weights but no optimizer state (nothing to warn about
+    when model.keras is loaded for inference)."""
+    import keras
+
+    fresh = keras.models.clone_model(model)
+    fresh.set_weights(model.get_weights())
+    return fresh
+
+
 def predict(model, images: np.ndarray, batch: int = 32) -> np.ndarray:
     return model.predict(images.astype(np.float32), batch_size=batch, verbose=0) if len(images) else np.zeros((0, model.output_shape[-1]))
 
 
 def run(cfg: RunConfig, out: Path) -> dict:
     """The whole `train` command; returns the report (also written to out/report.json)."""
-    import keras
-
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    keras.utils.set_random_seed(cfg.seed)
     spec = PreprocessSpec(size=(cfg.backbone.image_size, cfg.backbone.image_size))
     root = Path(cfg.data.dir).resolve()
 
-    # data: scan, decode once (bad files skipped and reported), split
+    # data: scan, decode once (bad files skipped and reported), split; before TensorFlow loads
     classes, candidates = data.scan(root)
     t0 = time.perf_counter()
     images, ok, errors = data.load_images([root / s.path for s in candidates], spec, progress="decode")
@@ -168,6 +174,10 @@ def run(cfg: RunConfig, out: Path) -> dict:
     row = {s.path: i for i, s in enumerate(samples)}
     data.check_counts(classes, samples, cfg.data.min_per_class)
     train, val, test = data.stratified_split(samples, len(classes), cfg.data.val_split, cfg.data.test_split, cfg.seed)
+    import keras
+
+    keras.utils.set_random_seed(cfg.seed)
+    out.mkdir(parents=True, exist_ok=True)
     splits = data.Splits(str(root), classes, train, val, test, skipped)
     idx = {name: np.array([row[s.path] for s in part], np.int64) for name, part in
            (("train", train), ("val", val), ("test", test))}
@@ -199,6 +209,7 @@ def run(cfg: RunConfig, out: Path) -> dict:
         t0 = time.perf_counter()
         history["fine_tune"] = fine_tune(cfg, backbone, model, images[idx["train"]], ys["train"],
                                          images[idx["val"]], ys["val"], len(classes), callbacks)
+        model = without_optimizer(model)
         timings["fine_tune_s"] = time.perf_counter() - t0
 
     # evaluation: head-only models score on the cached features (same network, float32 TFLite base)

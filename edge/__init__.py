@@ -1,0 +1,7 @@
+"""Run edge-transfer's TFLite classifiers on a Pi or kiosk, without TensorFlow.
+
+Modules: runtime (load a model into ai_edge_litert / tflite_runtime), metadata (read the
+model's own labels and normalization), preprocess (the one photo -> pixels definition, shared
+with training), postprocess (scores -> categories), classifier (the whole path), camera, cli.
+Importing the package loads nothing heavy; import the module you need.
+"""

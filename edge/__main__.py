@@ -1,0 +1,5 @@
+"""`python -m edge ...` runs the edge CLI."""
+
+from edge.cli import main
+
+main()

@@ -1,0 +1,134 @@
+"""Training on real photos with the real backbone: artifacts, report, reload parity, evaluate,
+fine-tuning keeps BatchNorm frozen, atomic writes, repeatability."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO, SMALL_FLOWERS, run_cli
+from tests.test_data import make_dataset
+
+
+def test_run_directory_is_complete_and_self_describing(trained_run):
+    for name in ("model.keras", "labels.txt", "config.json", "splits.json", "report.json",
+                 "training_curves.png", "confusion_matrix.png", "predictions.png"):
+        assert (trained_run / name).stat().st_size > 0, name
+    assert (trained_run / "labels.txt").read_text().split() == ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
+    config = json.loads((trained_run / "config.json").read_text())
+    assert config["preprocess"] == {"size": [224, 224], "resize": "bilinear_half_pixel",
+                                    "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
+    assert config["seed"] == 7 and config["backbone"]["name"] == "mobilenet_v2"
+    report = json.loads((trained_run / "report.json").read_text())
+    assert report["counts"] == {"train": 140, "val": 20, "test": 40}
+    test = report["splits"]["test"]
+    assert test["n"] == 40 and np.array(test["confusion_matrix"]).sum() == 40
+    assert set(test["per_class"]) == {"daisy", "dandelion", "roses", "sunflowers", "tulips"}
+    assert test["accuracy"] >= 0.7  # 40 held-out photos, 5 classes: chance is 0.2
+    assert {"decode_s", "features_s", "head_s", "total_s"} <= set(report["timings"])
+    assert report["skipped"] == []
+
+
+RELOAD = """
+import json, sys, numpy as np, keras
+from trainer.data import read_splits, load_images
+from edge.preprocess import PreprocessSpec
+run = sys.argv[1]
+splits = read_splits(run)
+images, ok, _ = load_images(splits.paths("test"), PreprocessSpec())
+probs = keras.models.load_model(run + "/model.keras").predict(images.astype("float32"), verbose=0)
+np.save(sys.argv[2], probs)
+"""
+
+
+def test_reload_in_a_fresh_process_gives_the_same_probabilities(trained_run, tmp_path):
+    import keras
+
+    from edge.preprocess import PreprocessSpec
+    from trainer.data import load_images, read_splits
+
+    splits = read_splits(trained_run)
+    images, ok, _ = load_images(splits.paths("test"), PreprocessSpec())
+    model = keras.models.load_model(trained_run / "model.keras")
+    here = model.predict(images.astype("float32"), verbose=0)
+    subprocess.run([sys.executable, "-c", RELOAD, str(trained_run), str(tmp_path / "p.npy")], check=True, cwd=REPO,
+                   capture_output=True)
+    there = np.load(tmp_path / "p.npy")
+    assert np.abs(here - there).max() <= 1e-6
+    # the report (scored on cached TFLite features) agrees with the saved Keras model
+    report = json.loads((trained_run / "report.json").read_text())
+    keras_accuracy = float((here.argmax(1) == splits.targets("test")).mean())
+    assert keras_accuracy == pytest.approx(report["splits"]["test"]["accuracy"], abs=1e-4)
+
+
+def test_evaluate_prints_json_for_any_folder(trained_run):
+    result = run_cli("trainer", "evaluate", str(trained_run), "--data", str(SMALL_FLOWERS))
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = json.loads(result.stdout)
+    assert out["n"] == 200 and out["accuracy"] >= 0.8  # includes the 140 training photos
+    assert set(out["per_class"]) == {"daisy", "dandelion", "roses", "sunflowers", "tulips"}
+
+
+def test_evaluate_rejects_an_unknown_class_folder(trained_run, tmp_path):
+    root = make_dataset(tmp_path / "ds", n_per_class=2, classes=("daisy", "roses"))
+    (root / "roses").rename(root / "orchids")
+    result = run_cli("trainer", "evaluate", str(trained_run), "--data", str(root))
+    assert result.returncode == 2 and "orchids" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_head_training_is_repeatable_for_a_seed():
+    import keras
+
+    from trainer.config import DataConfig, RunConfig, TrainConfig
+    from trainer.train import train_head
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 16)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    cfg = RunConfig(DataConfig("unused"), train=TrainConfig(epochs=5), seed=3)
+    weights = []
+    for _ in range(2):
+        keras.utils.set_random_seed(cfg.seed)
+        head, _ = train_head(cfg, x[:40], y[:40], x[40:], y[40:], 2)
+        weights.append(head.layers[-1].get_weights()[0])
+    np.testing.assert_array_equal(weights[0], weights[1])
+
+
+def test_crash_while_saving_leaves_no_half_written_model(tmp_path, monkeypatch):
+    from trainer import atomic
+
+    final = tmp_path / "model.keras"
+    final.write_bytes(b"previous good model")
+
+    with pytest.raises(KeyboardInterrupt):
+        with atomic.atomic_path(final) as tmp:
+            tmp.write_bytes(b"half a mod")
+            raise KeyboardInterrupt
+    assert final.read_bytes() == b"previous good model"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.keras"]  # temp file cleaned up
+
+
+@pytest.mark.slow
+def test_fine_tuning_trains_top_layers_and_keeps_batchnorm_statistics(tmp_path):
+    import keras
+
+    ds = make_dataset(tmp_path / "ds", n_per_class=12, classes=("daisy", "roses", "tulips"))
+    out = tmp_path / "run"
+    result = run_cli("trainer", "train", "--data", str(ds), "--out", str(out), "--epochs", "5",
+                     "--fine-tune-from", "block_16_expand", "--fine-tune-epochs", "1", "--image-size", "96")
+    assert result.returncode == 0, result.stderr[-3000:]
+    model = keras.models.load_model(out / "model.keras")
+    base = next(layer for layer in model.layers if layer.name.startswith("mobilenetv2"))
+    shipped = np.load(REPO / "trainer" / "assets" / "mobilenet_v2_1.0_224_no_top.npz")
+    # unfrozen convolution moved, frozen ones and every BatchNorm statistic did not
+    assert not np.array_equal(base.get_layer("block_16_project").get_weights()[0], shipped["block_16_project/0"])
+    np.testing.assert_array_equal(base.get_layer("block_15_project").get_weights()[0], shipped["block_15_project/0"])
+    for name in ("block_16_expand_BN", "block_16_project_BN", "Conv_1_bn"):
+        for i in (2, 3):  # moving mean and variance
+            np.testing.assert_array_equal(base.get_layer(name).get_weights()[i], shipped[f"{name}/{i}"])
+    report = json.loads((out / "report.json").read_text())
+    assert report["stages"]["fine_tune"]["epochs"] == 1
