@@ -7,6 +7,7 @@ overlay or one text line per frame (``--headless``). Ctrl-C ends the loop cleanl
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import time
 from collections import deque
@@ -69,13 +70,11 @@ class Picamera2Source:
 
 def open_source(source: str):
     """A camera index ("0") or a video path -> a frame source with .frames() and .close()."""
-    if source.isdigit():
-        try:
-            import picamera2  # noqa: F401  (only present on a Pi)
-        except ImportError:
-            return OpenCVSource(int(source))
+    if not source.isdigit():
+        return OpenCVSource(source)
+    if importlib.util.find_spec("picamera2") is not None:  # only present on a Pi
         return Picamera2Source()
-    return OpenCVSource(source)
+    return OpenCVSource(int(source))
 
 
 # ------------------------------------------------------------------------------------ measure
@@ -141,7 +140,7 @@ class WindowRenderer:
         try:
             cv2.namedWindow(WINDOW, cv2.WINDOW_AUTOSIZE)
         except cv2.error:
-            raise CameraError("no display support in this OpenCV build (opencv-python-headless?); use --headless") from None
+            raise CameraError("this OpenCV build has no windows (opencv-python-headless?); use --headless") from None
 
     def show(self, frame_number: int, frame: np.ndarray, categories: list[Category], fps: float) -> bool:
         self._cv2.imshow(WINDOW, draw_overlay(frame, categories, fps))

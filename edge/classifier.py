@@ -11,6 +11,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from itertools import islice
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,7 +73,7 @@ class Result:
 @dataclass(frozen=True)
 class _Prepared:
     path: str
-    image: np.ndarray | None
+    tensor: np.ndarray | None
     ms: float
     error: str | None = None
 
@@ -100,7 +101,9 @@ def _raw_pixel_plan(dtype: np.dtype) -> InputPlan:
     return InputPlan()
 
 
-def resolve_labels(model_path: str | Path | None, meta: ModelMetadata, override: str | Path | None) -> tuple[list[str] | None, str]:
+def resolve_labels(
+    model_path: str | Path | None, meta: ModelMetadata, override: str | Path | None
+) -> tuple[list[str] | None, str]:
     """Labels and where they came from: an explicit file, the model's metadata, a labels.txt
     beside the model, else None (categories are named by index)."""
     if override is not None:
@@ -137,14 +140,22 @@ class Classifier:
         """Decode and resize a photo to the model's input size (edge.preprocess.prepare)."""
         return preprocess.prepare(path, self.spec, fast_decode=self.options.fast_decode)
 
-    def scores(self, image: np.ndarray) -> np.ndarray:
-        """One RGB uint8 image (any size) -> float32 class scores (see edge.postprocess)."""
+    def input_tensor(self, image: np.ndarray) -> np.ndarray:
+        """One RGB uint8 image (any size) -> the model's input batch (resize, normalize/quantize)."""
         image = preprocess.resize(np.asarray(image, dtype=np.uint8), self.spec)
-        tensor = preprocess.to_input_tensor(image, self.model.input.dtype, *self._plan_args())
+        return preprocess.to_input_tensor(image, self.model.input.dtype, self.plan.mean, self.plan.std,
+                                          self.plan.quantization)
+
+    def run(self, tensor: np.ndarray) -> np.ndarray:
+        """Invoke on a prepared input batch -> float32 class scores (see edge.postprocess)."""
         self._interpreter.set_tensor(self.model.input.index, tensor)
         self._interpreter.invoke()
         raw = self._interpreter.get_tensor(self.model.output.index)[0]
         return to_scores(raw, self.model.output.quantization)
+
+    def scores(self, image: np.ndarray) -> np.ndarray:
+        """One RGB uint8 image (any size) -> float32 class scores."""
+        return self.run(self.input_tensor(image))
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Full score vectors: (H, W, 3) -> (C,), (N, H, W, 3) -> (N, C), float32.
@@ -176,40 +187,34 @@ class Classifier:
         return self.classify_image(self.prepare(path))
 
     def classify_paths(self, paths: Iterable[str | Path]) -> Iterator[Result]:
-        """Classify many files in order, decoding ahead in a thread pool while the interpreter
-        runs (decoding and invoke both release the GIL). A file that cannot be read yields a
-        Result with ``error`` and the rest go on."""
-        workers = max(1, self.options.decode_workers)
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
-            pending: deque[Future] = deque()
-            queue = iter(paths)
-            for path in queue:
-                pending.append(pool.submit(self._prepare_timed, path))
-                if len(pending) >= 2 * workers:
-                    break
-            while pending:
-                prepared = pending.popleft().result()
-                for path in queue:
-                    pending.append(pool.submit(self._prepare_timed, path))
-                    break
-                yield self._classify_prepared(prepared)
+        """Classify many files in order.
 
-    def _plan_args(self) -> tuple:
-        return (self.plan.mean, self.plan.std, self.plan.quantization)
+        A thread pool decodes, resizes and builds input tensors ahead while the interpreter
+        runs (PIL decoding and invoke release the GIL). A file that cannot be read yields a
+        Result with ``error`` and the rest go on.
+        """
+        workers = max(1, self.options.decode_workers)
+        queue = iter(paths)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+            ahead: deque[Future] = deque(pool.submit(self._prepare_timed, p) for p in islice(queue, 2 * workers))
+            while ahead:
+                prepared = ahead.popleft().result()
+                ahead.extend(pool.submit(self._prepare_timed, p) for p in islice(queue, 1))
+                yield self._classify_prepared(prepared)
 
     def _prepare_timed(self, path: str | Path) -> _Prepared:
         start = time.perf_counter()
         try:
-            image = self.prepare(path)
+            tensor = self.input_tensor(self.prepare(path))
         except Exception as exc:  # any undecodable file is reported for that file only
             return _Prepared(str(path), None, 0.0, _one_line(exc))
-        return _Prepared(str(path), image, (time.perf_counter() - start) * 1000)
+        return _Prepared(str(path), tensor, (time.perf_counter() - start) * 1000)
 
     def _classify_prepared(self, prepared: _Prepared) -> Result:
-        if prepared.image is None:
+        if prepared.tensor is None:
             return Result(prepared.path, error=prepared.error)
         start = time.perf_counter()
-        categories = self.classify_image(prepared.image)
+        categories = self.categorize(self.run(prepared.tensor))
         return Result(prepared.path, tuple(categories), prepared.ms, (time.perf_counter() - start) * 1000)
 
 

@@ -118,9 +118,12 @@ def classify(
         edgetpu=edgetpu,
         labels=labels,
     )
+    inputs = expand_inputs(paths)
+    if not inputs:
+        raise _fail(f"no images found in {' '.join(paths)}", EXIT_IMAGE_ERROR)
     classifier = load_classifier(options)
     failed = False
-    for result in classifier.classify_paths(expand_inputs(paths)):
+    for result in classifier.classify_paths(inputs):
         line = format_result(result, as_json)
         failed |= result.error is not None
         typer.echo(line, err=bool(result.error) and not as_json)

@@ -8,6 +8,7 @@ before the C++ runtime sees them: old runtimes crash on truncated files instead 
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import os
 import platform
@@ -166,9 +167,14 @@ def _check_buffers(data: bytes) -> None:
 
 
 def edgetpu_delegate(backend: Backend):
-    """Load the Edge TPU delegate, or raise DelegateError with one actionable line."""
+    """Load the Edge TPU delegate, or raise DelegateError with one actionable line.
+
+    The library is opened with ctypes first: a failed load_delegate leaves a half-built
+    Delegate whose __del__ prints a traceback at exit (ai-edge-litert 2.3).
+    """
     library = EDGETPU_LIBRARY.get(platform.system(), "libedgetpu.so.1")
     try:
+        ctypes.CDLL(library)
         return backend.load_delegate(library)
     except (ValueError, OSError, RuntimeError) as exc:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -186,8 +192,8 @@ def make_interpreter(
 ) -> LoadedModel:
     """Validate, load and allocate a model from a path or bytes.
 
-    ``delegate`` is an already loaded delegate object; ``edgetpu=True`` loads libedgetpu
-    instead. Raises InvalidModelError (bad file), RuntimeMissingError or DelegateError, each
+    ``delegate`` is an already loaded delegate object; ``edgetpu=True`` also loads the Edge
+    TPU delegate from libedgetpu. ``backend`` overrides the default order. Raises InvalidModelError (bad file), RuntimeMissingError or DelegateError, each
     with a one-line message.
     """
     if isinstance(model, (bytes, bytearray, memoryview)):

@@ -43,12 +43,12 @@ def train(
     backbone: str = typer.Option("mobilenet_v2", help="mobilenet_v2 | a keras.applications name | hub:PATH"),
     weights: str = typer.Option("default", help="default | imagenet | PATH | none"),
     image_size: int = typer.Option(224, help="Square input size in pixels."),
-    epochs: int = typer.Option(60, help="Max head epochs on cached features (early stopping)."),
+    epochs: int = typer.Option(400, help="Max head epochs on cached features (early stopping on val loss)."),
     fine_tune_layers: int = typer.Option(0, help="Stage 2: unfreeze the top N layers of the base."),
     fine_tune_from: Optional[str] = typer.Option(None, help="Stage 2: unfreeze from this layer, e.g. block_13_expand."),
     fine_tune_epochs: int = typer.Option(6, help="Max stage-2 epochs (early stopping on val loss)."),
     flip_features: bool = typer.Option(False, help="Also cache features of mirrored photos (augmentation)."),
-    label_smoothing: float = typer.Option(0.1),
+    label_smoothing: float = typer.Option(0.0),
     seed: int = typer.Option(42),
     val_split: float = typer.Option(0.1),
     test_split: float = typer.Option(0.2),
@@ -93,6 +93,41 @@ def evaluate(
     except _user_errors() as exc:
         _fail(str(exc))
     typer.echo(json.dumps(result))
+
+
+@app.command()
+def convert(
+    run_dir: Path = typer.Argument(..., help="A training run directory (model.keras, splits.json, ...)."),
+    mode: str = typer.Option("all", help="float32 | float16 | dynamic | int8 | all"),
+    calibration_images: int = typer.Option(300, help="int8: training photos to calibrate on (class-balanced, seeded)."),
+    float32_max_dp: float = typer.Option(1e-4, help="Gate: max |p_tflite - p_keras| of float32."),
+    float16_max_dp: float = typer.Option(0.05, help="Gate: max |p_tflite - p_keras| of float16."),
+    min_delta_acc: float = typer.Option(-1.0, help="Gate (dynamic, int8): accuracy change vs Keras, points."),
+    min_agreement: float = typer.Option(97.0, help="Gate (dynamic, int8): % of photos with Keras' top-1."),
+    author: str = typer.Option("edge-transfer", help="Metadata author."),
+    license: str = typer.Option("Apache-2.0", help="Metadata license."),
+    seed: int = typer.Option(0, help="Seed of the calibration photo choice."),
+    threads: int = typer.Option(0, help="Interpreter threads for the parity check (0: all cores)."),
+):
+    """Export model_<mode>.tflite files with metadata, check them against model.keras (parity.json,
+    exit 1 when a variant falls past its thresholds) and write the model card."""
+    _quiet_tensorflow()
+    from trainer import convert as converting
+    from trainer.parity import default_thresholds
+
+    try:
+        modes = converting.resolve_modes(mode)
+        report = converting.run(
+            run_dir, modes, calibration_images,
+            default_thresholds(float32_max_dp, float16_max_dp, min_delta_acc, min_agreement),
+            seed=seed, threads=threads or None, author=author, license=license, log=typer.echo)
+    except _user_errors() as exc:
+        _fail(str(exc))
+    except converting.ConversionError as exc:
+        _fail(str(exc), 1)
+    typer.echo(report.table())
+    if not report.passed:
+        _fail("parity gate failed: " + ", ".join(v.mode for v in report.variants if not v.passed), 1)
 
 
 def main() -> None:

@@ -32,21 +32,21 @@ class BackboneConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     """epochs: max head epochs on cached features (early stopping on val loss, patience).
+    batch_size: head batch size, 0 = the whole training set (deterministic, convex).
+    l2_grid: L2 strengths tried for the head; the best validation log-loss wins.
     flip_features: also cache features of mirrored photos (doubles extraction, more data).
-    tta_flip: average predictions over the photo and its mirror (in the saved model too).
     fine_tune_layers / fine_tune_from: stage 2, unfreeze the top N base layers or from a named
     layer (e.g. "block_13_expand"); BatchNorm stays in inference mode."""
 
-    epochs: int = 60
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    dropout: float = 0.2
-    label_smoothing: float = 0.1
-    weight_decay: float = 1e-4
-    patience: int = 8
+    epochs: int = 400
+    batch_size: int = 0
+    learning_rate: float = 0.05
+    dropout: float = 0.0
+    label_smoothing: float = 0.0
+    l2_grid: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3)
+    patience: int = 30
     class_weights: bool = True
     flip_features: bool = False
-    tta_flip: bool = False
     fine_tune_layers: int = 0
     fine_tune_from: str | None = None
     fine_tune_epochs: int = 6
@@ -69,4 +69,5 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
-        return cls(DataConfig(**d["data"]), BackboneConfig(**d["backbone"]), TrainConfig(**d["train"]), d["seed"])
+        train = {**d["train"], "l2_grid": tuple(d["train"].get("l2_grid", TrainConfig.l2_grid))}
+        return cls(DataConfig(**d["data"]), BackboneConfig(**d["backbone"]), TrainConfig(**train), d["seed"])

@@ -1,0 +1,72 @@
+"""edge.runtime: backend choice, model validation before the C++ runtime, tensor info, Edge TPU."""
+
+import ctypes.util
+import os
+
+import numpy as np
+import pytest
+
+from edge.metadata import InvalidModelError
+from edge.runtime import BACKEND_ENV, DelegateError, RuntimeMissingError, load_backend, make_interpreter, time_invoke
+from test_edge_support import AUTOML, CORAL_V2, SUPPORT
+
+NOMETA = SUPPORT / "mobilenet_v2_1.0_224_quant_nometadata.tflite"
+
+
+def test_forced_backend_is_used():
+    """The legacy-runtime test runs this file with EDGE_TRANSFER_BACKEND=tflite_runtime."""
+    model = make_interpreter(AUTOML, num_threads=1)
+    expected = os.environ.get(BACKEND_ENV)
+    assert model.backend == (expected or load_backend().name)
+    assert model.backend in ("ai_edge_litert", "tflite_runtime")
+
+
+def test_unknown_backend_is_a_one_line_error():
+    with pytest.raises(RuntimeMissingError, match="unknown backend"):
+        load_backend("tflite_micro")
+
+
+def test_model_info_comes_from_the_file():
+    model = make_interpreter(CORAL_V2.read_bytes())
+    assert model.input_size == (224, 224)
+    assert model.input.dtype == np.uint8 and model.input.quantization == (0.0078125, 128)
+    assert model.output.shape == (1, 1001) and model.output.quantization == (0.00390625, 0)
+    assert model.metadata.has_metadata and model.metadata.labels[286] == "Egyptian cat"
+
+
+@pytest.mark.parametrize("fraction", [0.0005, 0.01, 0.3, 0.5, 0.9, 0.99, 0.9999])
+@pytest.mark.parametrize("path", [CORAL_V2, NOMETA], ids=["with_metadata", "no_metadata"])
+def test_truncated_model_is_rejected_before_the_interpreter(path, fraction):
+    """tflite-runtime 2.14 segfaults on a truncated model, so this must raise, not crash."""
+    data = path.read_bytes()
+    with pytest.raises(InvalidModelError) as info:
+        make_interpreter(data[: int(len(data) * fraction)])
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("content", [b"", b"hello, this is a text file\n" * 20, b"\x00" * 64, os.urandom(4096)],
+                         ids=["empty", "text", "zeros", "random"])
+def test_non_tflite_files_raise_one_line(tmp_path, content):
+    path = tmp_path / "model.tflite"
+    path.write_bytes(content)
+    with pytest.raises(InvalidModelError) as info:
+        make_interpreter(path)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_model_file(tmp_path):
+    with pytest.raises(InvalidModelError, match="cannot read model"):
+        make_interpreter(tmp_path / "absent.tflite")
+
+
+@pytest.mark.skipif(ctypes.util.find_library("edgetpu") is not None, reason="an Edge TPU runtime is installed")
+def test_missing_edgetpu_runtime_is_explained():
+    with pytest.raises(DelegateError) as info:
+        make_interpreter(AUTOML, edgetpu=True)
+    message = str(info.value)
+    assert "libedgetpu" in message and "\n" not in message
+
+
+def test_time_invoke_counts_runs():
+    timing = time_invoke(make_interpreter(AUTOML, num_threads=1), runs=5, warmup=1)
+    assert timing.runs == 5 and 0 < timing.p50_ms <= timing.p90_ms and timing.images_per_s > 0

@@ -1,0 +1,158 @@
+"""The parity gate: parity.json numbers (recomputed independently), the tie rule, thresholds,
+the non-zero exit, the val fallback, and the model card built from them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import run_cli
+from tests.helpers_run import converted, copy_run  # noqa: F401  (session fixture)
+from trainer.parity import Thresholds, compare, default_thresholds
+
+MODES = ["float32", "float16", "dynamic", "int8"]
+
+
+@pytest.fixture()
+def fake_model(tmp_path) -> Path:
+    path = tmp_path / "model_int8.tflite"
+    path.write_bytes(b"not a model, only hashed")
+    return path
+
+
+# --------------------------------------------------------------------------- pure numbers
+def test_tie_rule_counts_keras_top1_among_tied_tflite_maxima(fake_model):
+    keras = np.array([[0.1, 0.6, 0.3], [0.7, 0.2, 0.1], [0.2, 0.3, 0.5], [0.5, 0.1, 0.4]], np.float32)
+    tflite = np.array([[0.5, 0.5, 0.0],    # tie 0/1; Keras says 1: agrees by the tie rule only
+                       [0.7, 0.2, 0.1],    # clear agreement
+                       [0.5, 0.0, 0.5],    # tie 0/2; Keras says 2: agrees by the tie rule only
+                       [0.1, 0.8, 0.1]],   # clear disagreement
+                      np.float32)
+    y = np.array([1, 0, 0, 0])
+    p = compare("int8", fake_model, keras, tflite, y, Thresholds())
+    assert p.agreement == 75.0 and p.strict_agreement == 25.0 and p.ties == 2
+    # accuracy is the edge runtime's top-1 (lowest index on a tie): rows 0 -> 0, 1 -> 0, 2 -> 0, 3 -> 1
+    assert p.accuracy == 0.5 and p.delta_acc == -25.0  # Keras gets rows 0, 1 and 3 right
+    assert p.max_abs_dp == pytest.approx(0.7) and p.mean_abs_dp == pytest.approx(np.abs(tflite - keras).mean())
+    assert p.n == 4 and p.passed
+
+
+def test_thresholds_fail_exactly_past_their_bounds(fake_model):
+    keras = np.eye(4, dtype=np.float32)
+    tflite = keras.copy()
+    tflite[3] = [0.0, 0.0, 0.9, 0.1]  # one of four flips: agreement 75%, accuracy -25 points
+    y = np.arange(4)
+    at_bounds = Thresholds(max_abs_dp=0.9, min_delta_acc=-25.0, min_agreement=75.0)
+    assert compare("int8", fake_model, keras, tflite, y, at_bounds).passed
+    tight = Thresholds(max_abs_dp=0.89, min_delta_acc=-24.9, min_agreement=75.1)
+    failures = compare("int8", fake_model, keras, tflite, y, tight).failures
+    assert len(failures) == 3 and any("agreement 75.00% < 75.1%" in f for f in failures)
+
+
+def test_default_thresholds_match_the_documented_gate():
+    t = default_thresholds()
+    assert t["float32"] == Thresholds(max_abs_dp=1e-4) and t["float16"] == Thresholds(max_abs_dp=0.05)
+    assert t["dynamic"] == t["int8"] == Thresholds(min_delta_acc=-1.0, min_agreement=97.0)
+
+
+# --------------------------------------------------------------------------- on the real run
+@pytest.mark.slow
+def test_parity_json_has_every_variant_and_its_fields(converted):
+    report = json.loads((converted / "parity.json").read_text())
+    assert report["split"] == "test" and report["n"] == 40 and report["passed"] is True
+    assert set(report["definitions"]) >= {"agreement", "delta_acc", "max_abs_dp"}
+    assert list(report["variants"]) == MODES
+    for mode, v in report["variants"].items():
+        assert v["file"] == f"model_{mode}.tflite" and v["n"] == 40 and v["passed"] is True
+        assert {"accuracy", "delta_acc", "agreement", "strict_agreement", "ties", "max_abs_dp", "mean_abs_dp",
+                "thresholds", "failures", "sha256"} <= set(v)
+    assert report["variants"]["int8"]["thresholds"] == {"min_delta_acc": -5.0, "min_agreement": 90.0}
+    assert report["variants"]["float32"]["thresholds"] == {"max_abs_dp": 1e-4}
+
+
+@pytest.mark.slow
+def test_float32_matches_keras_probabilities(converted):
+    v = json.loads((converted / "parity.json").read_text())["variants"]
+    assert v["float32"]["max_abs_dp"] <= 1e-4  # the real number is ~1e-6
+    assert v["float32"]["agreement"] == 100.0 and v["float32"]["delta_acc"] == 0.0
+    assert v["float16"]["max_abs_dp"] <= 0.05
+
+
+@pytest.mark.slow
+def test_parity_numbers_match_an_independent_recomputation(converted):
+    """Keras and the raw ai_edge_litert interpreter, without edge.classifier or trainer.parity."""
+    import keras
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edge.preprocess import PreprocessSpec
+    from trainer.data import load_images, read_splits
+
+    splits = read_splits(converted)
+    images, ok, _ = load_images(splits.paths("test"), PreprocessSpec())
+    y = splits.targets("test")
+    kp = keras.models.load_model(converted / "model.keras").predict(images.astype(np.float32), verbose=0)
+    interpreter = Interpreter(model_path=str(converted / "model_int8.tflite"))
+    interpreter.allocate_tensors()
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    raw = []
+    for image in images:
+        interpreter.set_tensor(inp["index"], image[None])
+        interpreter.invoke()
+        raw.append(interpreter.get_tensor(out["index"])[0].copy())
+    probs = np.array(raw, np.float64) / 256.0
+    report = json.loads((converted / "parity.json").read_text())
+    v = report["variants"]["int8"]
+    assert report["keras_accuracy"] == pytest.approx(np.mean(kp.argmax(1) == y), abs=1e-4)
+    agree = np.mean(probs[np.arange(len(y)), kp.argmax(1)] == probs.max(1)) * 100
+    assert v["agreement"] == pytest.approx(agree, abs=1e-3)
+    assert v["max_abs_dp"] == pytest.approx(np.abs(probs - kp).max(), abs=1e-6)
+
+
+@pytest.mark.slow
+def test_gate_exits_1_when_a_threshold_is_impossibly_tight(converted, tmp_path):
+    run = copy_run(converted, tmp_path / "run")
+    before = json.loads((run / "parity.json").read_text())
+    result = run_cli("trainer", "convert", str(run), "--mode", "dynamic", "--min-agreement", "100.5")
+    assert result.returncode == 1, result.stdout + result.stderr[-2000:]
+    assert "parity gate failed: dynamic" in result.stderr and "FAIL: agreement" in result.stdout
+    after = json.loads((run / "parity.json").read_text())
+    assert after["passed"] is False and after["variants"]["dynamic"]["passed"] is False
+    assert after["variants"]["dynamic"]["failures"][0].startswith("agreement")
+    # the other variants' entries are still current (same model.keras, same files): kept
+    assert after["variants"]["int8"] == before["variants"]["int8"]
+    assert list(after["variants"]) == MODES
+
+
+@pytest.mark.slow
+def test_parity_falls_back_to_val_when_there_is_no_test_split(converted, tmp_path):
+    from trainer.parity import held_out
+
+    run = copy_run(converted, tmp_path / "run")
+    splits = json.loads((run / "splits.json").read_text())
+    (run / "splits.json").write_text(json.dumps({**splits, "test": []}))
+    from edge.preprocess import PreprocessSpec
+
+    name, images, y = held_out(run, PreprocessSpec())
+    assert name == "val" and len(images) == len(y) == len(splits["val"]) == 20
+
+
+@pytest.mark.slow
+def test_model_card_describes_data_metrics_and_every_variant(converted):
+    card = json.loads((converted / "model_card.json").read_text())
+    report = json.loads((converted / "report.json").read_text())
+    assert card["classes"] == (converted / "labels.txt").read_text().splitlines()
+    assert card["data"]["photos"] == 200 and card["splits"]["test"]["n"] == 40
+    assert card["metrics"]["test"]["accuracy"] == report["splits"]["test"]["accuracy"]
+    assert list(card["variants"]) == MODES
+    int8 = card["variants"]["int8"]
+    assert int8["input"] == int8["output"] == "uint8" and int8["input_quantization"] == [1.0, 0]
+    assert int8["size_bytes"] == (converted / "model_int8.tflite").stat().st_size
+    assert int8["parity"]["passed"] is True and int8["min_runtime_version"]
+    assert card["intended_use"] and card["limitations"]
+    md = (converted / "model_card.md").read_text()
+    for heading in ("## Intended use", "## Data", "## Preprocessing", "## Metrics", "## TFLite variants", "## Limitations"):
+        assert heading in md
+    assert all(f"| {mode} | " in md for mode in MODES)

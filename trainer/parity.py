@@ -1,0 +1,227 @@
+"""Parity gate: each .tflite against model.keras on the held-out photos -> RUN_DIR/parity.json.
+
+TFLite runs through the edge runtime (:class:`edge.classifier.Classifier`), so the numbers here
+are those of the code that ships to the device, by construction. Both sides get the same uint8
+pixels from :func:`trainer.data.load_images` (Keras as float32, as it was trained).
+
+Definitions (also written into parity.json):
+  accuracy       top-1 of the edge runtime (exact ties: lowest index, edge.postprocess.rank).
+  delta_acc      (TFLite accuracy - Keras accuracy) in percentage points.
+  agreement      % of photos whose Keras top-1 is *among* the TFLite top-scoring classes. The
+                 tie rule: a uint8 softmax output is quantized to 1/256, so two classes can tie
+                 exactly; neither is then more "the" answer than the other, and counting the
+                 index order as a disagreement would measure tie-breaking, not the model.
+  strict_agreement  the same without the tie rule (edge top-1 == Keras top-1); ties counts them.
+  max/mean |dp|  over every photo and class, |p_tflite - p_keras|.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from trainer import atomic, data
+from trainer.data import DataError
+
+DEFINITIONS = {
+    "accuracy": "top-1 accuracy of the edge runtime (ties: lowest index)",
+    "delta_acc": "TFLite accuracy - Keras accuracy, percentage points",
+    "agreement": "% of photos whose Keras top-1 is among the tied-max TFLite classes",
+    "strict_agreement": "% of photos where the edge top-1 equals the Keras top-1",
+    "ties": "photos whose TFLite scores have an exact tie for the maximum",
+    "max_abs_dp": "max over photos and classes of |p_tflite - p_keras|",
+    "mean_abs_dp": "mean over photos and classes of |p_tflite - p_keras|",
+}
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """A variant passes when every set bound holds (None: not checked)."""
+
+    max_abs_dp: float | None = None
+    min_delta_acc: float | None = None  # percentage points
+    min_agreement: float | None = None  # percent
+
+    def failures(self, p: "VariantParity") -> list[str]:
+        out = []
+        if self.max_abs_dp is not None and not p.max_abs_dp <= self.max_abs_dp:
+            out.append(f"max |dp| {p.max_abs_dp:.3g} > {self.max_abs_dp:g}")
+        if self.min_delta_acc is not None and not p.delta_acc >= self.min_delta_acc:
+            out.append(f"delta acc {p.delta_acc:+.2f} points < {self.min_delta_acc:+g}")
+        if self.min_agreement is not None and not p.agreement >= self.min_agreement:
+            out.append(f"agreement {p.agreement:.2f}% < {self.min_agreement:g}%")
+        return out
+
+
+def default_thresholds(float32_max_dp: float = 1e-4, float16_max_dp: float = 0.05,
+                       min_delta_acc: float = -1.0, min_agreement: float = 97.0) -> dict[str, Thresholds]:
+    """Float copies must match Keras' probabilities; quantized ones its decisions."""
+    quantized = Thresholds(min_delta_acc=min_delta_acc, min_agreement=min_agreement)
+    return {"float32": Thresholds(max_abs_dp=float32_max_dp), "float16": Thresholds(max_abs_dp=float16_max_dp),
+            "dynamic": quantized, "int8": quantized}
+
+
+@dataclass(frozen=True)
+class VariantParity:
+    mode: str
+    file: str
+    sha256: str
+    n: int
+    accuracy: float
+    delta_acc: float
+    agreement: float
+    strict_agreement: float
+    ties: int
+    max_abs_dp: float
+    mean_abs_dp: float
+    thresholds: dict = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "passed": self.passed}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "VariantParity":
+        return cls(**{k: v for k, v in d.items() if k != "passed"})
+
+
+def top1_sets(probs: np.ndarray) -> np.ndarray:
+    """Boolean (N, C): which classes share each row's maximum score exactly."""
+    return probs == probs.max(axis=1, keepdims=True)
+
+
+def compare(mode: str, path: Path, keras_probs: np.ndarray, tflite_probs: np.ndarray, y: np.ndarray,
+            thresholds: Thresholds) -> VariantParity:
+    """Parity numbers of one variant from the two probability matrices (pure numpy)."""
+    from edge.postprocess import rank
+
+    keras_top = np.argmax(keras_probs, axis=1)
+    edge_top = np.array([rank(p)[0] for p in tflite_probs], dtype=np.int64)
+    tied = top1_sets(tflite_probs)
+    diff = np.abs(tflite_probs.astype(np.float64) - keras_probs.astype(np.float64))
+    pct = lambda mask: round(float(np.mean(mask)) * 100, 3)  # noqa: E731
+    parity = VariantParity(
+        mode=mode,
+        file=path.name,
+        sha256=_sha256(path),
+        n=len(y),
+        accuracy=round(float(np.mean(edge_top == y)), 4),
+        delta_acc=round((float(np.mean(edge_top == y)) - float(np.mean(keras_top == y))) * 100, 3),
+        agreement=pct(tied[np.arange(len(y)), keras_top]),
+        strict_agreement=pct(edge_top == keras_top),
+        ties=int(np.sum(tied.sum(axis=1) > 1)),
+        max_abs_dp=float(diff.max()),
+        mean_abs_dp=float(diff.mean()),
+        thresholds={k: v for k, v in asdict(thresholds).items() if v is not None},
+    )
+    return VariantParity(**{**asdict(parity), "failures": thresholds.failures(parity)})
+
+
+def tflite_probabilities(path: Path, images: np.ndarray, threads: int | None = None) -> np.ndarray:
+    """Score vectors of the edge runtime (dequantized) for uint8 images: the one integration point."""
+    from edge.classifier import Classifier, ClassifierOptions
+
+    return Classifier(ClassifierOptions(model=path, num_threads=threads)).probabilities(images)
+
+
+def keras_probabilities(model, images: np.ndarray, batch: int = 32) -> np.ndarray:
+    """model.keras softmax for uint8 images given as float32 0..255 (the training contract)."""
+    out = [model.predict(images[i:i + batch].astype(np.float32), verbose=0) for i in range(0, len(images), batch)]
+    return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), np.float32)
+
+
+def held_out(run_dir: Path, spec) -> tuple[str, np.ndarray, np.ndarray]:
+    """(split name, uint8 images, labels) of the test split, else val when test is empty."""
+    splits = data.read_splits(run_dir)
+    name = "test" if splits.test else "val"
+    if not splits.part(name):
+        raise DataError(f"{run_dir}/splits.json has no test or val photos to check parity on")
+    images, ok, _ = data.load_images(splits.paths(name), spec)
+    return name, images[ok], splits.targets(name)[ok]
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    split: str
+    n: int
+    keras_accuracy: float
+    keras_sha256: str
+    variants: list[VariantParity]
+
+    @property
+    def passed(self) -> bool:
+        return all(v.passed for v in self.variants)
+
+    def to_dict(self) -> dict:
+        return {"split": self.split, "n": self.n, "keras_accuracy": self.keras_accuracy,
+                "keras_sha256": self.keras_sha256, "passed": self.passed, "definitions": DEFINITIONS,
+                "variants": {v.mode: v.to_dict() for v in self.variants}}
+
+    def table(self) -> str:
+        head = (f"parity on {self.n} {self.split} photos (Keras accuracy {self.keras_accuracy:.4f})\n"
+                f"{'variant':<9} {'acc':>7} {'dAcc pt':>8} {'agree %':>8} {'strict %':>9} {'ties':>5} "
+                f"{'max|dp|':>9} {'mean|dp|':>9}  gate")
+        rows = [f"{v.mode:<9} {v.accuracy:>7.4f} {v.delta_acc:>+8.2f} {v.agreement:>8.2f} {v.strict_agreement:>9.2f} "
+                f"{v.ties:>5d} {v.max_abs_dp:>9.2e} {v.mean_abs_dp:>9.2e}  "
+                f"{'pass' if v.passed else 'FAIL: ' + '; '.join(v.failures)}" for v in self.variants]
+        return "\n".join([head, *rows])
+
+
+def check(run_dir: str | Path, modes: list[str], thresholds: dict[str, Thresholds], keras_model=None,
+          threads: int | None = None, spec=None) -> ParityReport:
+    """Run every requested variant and model.keras on the held-out photos and compare."""
+    import keras
+
+    from trainer.convert import RunInfo, model_path
+
+    run = RunInfo.load(run_dir)
+    split, images, y = held_out(run.run_dir, spec or run.spec)
+    model = keras_model or keras.models.load_model(run.run_dir / "model.keras")
+    keras_probs = keras_probabilities(model, images)
+    variants = []
+    for mode in modes:
+        path = model_path(run.run_dir, mode)
+        if not path.is_file():
+            raise DataError(f"{path} not found: run `python -m trainer convert {run_dir} --mode {mode}` first")
+        variants.append(compare(mode, path, keras_probs, tflite_probabilities(path, images, threads), y,
+                                thresholds.get(mode, Thresholds())))
+    keras_acc = round(float(np.mean(np.argmax(keras_probs, axis=1) == y)), 4) if len(y) else 0.0
+    return ParityReport(split, len(y), keras_acc, run.model_digest, variants)
+
+
+def write(run_dir: str | Path, report: ParityReport) -> Path:
+    """Write parity.json, keeping earlier entries of other variants that are still current (same
+    model.keras, file unchanged), so converting one mode does not drop the others' numbers."""
+    path = Path(run_dir) / "parity.json"
+    merged = {v.mode: v for v in report.variants}
+    previous = _read(path)
+    if previous and previous.get("keras_sha256") == report.keras_sha256 and previous.get("split") == report.split:
+        for mode, entry in previous.get("variants", {}).items():
+            file = Path(run_dir) / entry.get("file", "")
+            if mode not in merged and file.is_file() and _sha256(file) == entry.get("sha256"):
+                merged[mode] = VariantParity.from_dict(entry)
+    from trainer.convert import MODES
+
+    order = [m for m in MODES if m in merged] + [m for m in merged if m not in MODES]
+    full = ParityReport(report.split, report.n, report.keras_accuracy, report.keras_sha256,
+                        [merged[m] for m in order])
+    return atomic.write_json(path, full.to_dict())
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
