@@ -43,7 +43,7 @@ def train(
     backbone: str = typer.Option("mobilenet_v2", help="mobilenet_v2 | a keras.applications name | hub:PATH"),
     weights: str = typer.Option("default", help="default | imagenet | PATH | none"),
     image_size: int = typer.Option(224, help="Square input size in pixels."),
-    epochs: int = typer.Option(400, help="Max head epochs on cached features (early stopping on val loss)."),
+    epochs: int = typer.Option(300, help="Max head epochs on cached features (early stopping on val loss)."),
     fine_tune_layers: int = typer.Option(0, help="Stage 2: unfreeze the top N layers of the base."),
     fine_tune_from: Optional[str] = typer.Option(None, help="Stage 2: unfreeze from this layer, e.g. block_13_expand."),
     fine_tune_epochs: int = typer.Option(6, help="Max stage-2 epochs (early stopping on val loss)."),

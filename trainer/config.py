@@ -38,13 +38,13 @@ class TrainConfig:
     fine_tune_layers / fine_tune_from: stage 2, unfreeze the top N base layers or from a named
     layer (e.g. "block_13_expand"); BatchNorm stays in inference mode."""
 
-    epochs: int = 400
+    epochs: int = 300
     batch_size: int = 0
-    learning_rate: float = 0.05
+    learning_rate: float = 0.02
     dropout: float = 0.0
     label_smoothing: float = 0.0
-    l2_grid: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3)
-    patience: int = 30
+    l2_grid: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
+    patience: int = 50
     class_weights: bool = True
     flip_features: bool = False
     fine_tune_layers: int = 0

@@ -23,7 +23,7 @@ LIMITS = [
     "Accuracy is measured on a held-out split of the same folder of photos; photos from other sources, "
     "lighting or cameras may score lower.",
     "Transfer-learned from ImageNet features: it inherits that data set's biases and blind spots.",
-    "Small classes are measured on few photos; per-class numbers below carry wide uncertainty.",
+    "Small classes are measured on few photos; per-class numbers (model_card.json) carry wide uncertainty.",
     "Quantized variants (dynamic, int8) may differ from the float model on borderline photos; see parity.",
 ]
 INPUT_CONTRACT = ("RGB, {h}x{w}, 0..255 values: float variants take them as float32, int8 as uint8 "
