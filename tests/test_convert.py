@@ -113,7 +113,10 @@ def test_dynamic_variant_loads_and_classifies_in_tflite_runtime_2_14(converted):
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["backend"] == "tflite_runtime" and out["version"].startswith("2.14")
     here = tflite_probabilities(model, prepare(photo, PreprocessSpec()))
-    np.testing.assert_allclose(out["probs"], here, atol=1e-5)
+    # hybrid (dynamic-range) kernels differ between runtime versions and thread counts in the
+    # last digits of the activation quantization, so the same top-1 and close scores, not bit-equal
+    assert int(np.argmax(out["probs"])) == int(np.argmax(here))
+    np.testing.assert_allclose(out["probs"], here, atol=0.01)
 
 
 @pytest.mark.clients

@@ -130,6 +130,48 @@ def convert(
         _fail("parity gate failed: " + ", ".join(v.mode for v in report.variants if not v.passed), 1)
 
 
+@app.command()
+def android(
+    run_dir: Path = typer.Argument(..., help="A converted run directory (model_<variant>.tflite, parity.json)."),
+    variant: str = typer.Option("int8", help="float32 | float16 | dynamic | int8: the file to ship."),
+    out: Path = typer.Option(Path("android_assets"), "--out", help="Folder to (re)fill: model.tflite, labels.txt, "
+                             "manifest.json, README.md."),
+):
+    """Fill the Android assets folder with one checked variant (metadata, labels, passed parity gate).
+    Refuses with exit 2, leaving the folder as it was, when any check fails."""
+    from trainer import android as bundling
+
+    try:
+        plan = bundling.build(run_dir, variant, out)
+    except _user_errors() as exc:
+        _fail(str(exc))
+    m = plan.manifest
+    typer.echo(f"wrote {out}/: {bundling.MODEL_FILE} ({m['variant']}, {m['model']['size_mb']} MB, "
+               f"{m['input']['dtype']} input, accuracy {m['parity']['accuracy']}, agreement {m['parity']['agreement']}%), "
+               f"{bundling.LABELS_FILE} ({m['labels']['count']} labels), {bundling.MANIFEST_FILE}, {bundling.README_FILE}")
+
+
+@app.command()
+def bench(
+    run_dir: Path = typer.Argument(..., help="A converted run directory."),
+    threads: str = typer.Option("1,2", help="Interpreter thread counts, comma-separated."),
+    runs: int = typer.Option(50, help="Timed invocations per variant and thread count."),
+    warmup: int = typer.Option(5, help="Untimed invocations first."),
+    seed: int = typer.Option(0, help="Seed of the random input tensor."),
+):
+    """One table for every variant: status, size, accuracy, delta vs Keras, p50/p90 invoke ms and
+    images/s per thread count, through the edge runtime. Writes RUN_DIR/bench.md and bench.json."""
+    from trainer import bench as benchmarking
+
+    try:
+        report = benchmarking.run(run_dir, benchmarking.parse_threads(threads), runs, warmup, seed)
+        md, js = benchmarking.write(run_dir, report)
+    except _user_errors() as exc:
+        _fail(str(exc))
+    typer.echo(report.markdown())
+    typer.echo(f"wrote {md} and {js.name}")
+
+
 def main() -> None:
     try:
         app()

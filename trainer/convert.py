@@ -245,8 +245,9 @@ def _silenced():
             sys.stderr.flush()
             sink.seek(0)
             tail = sink.read().decode("utf-8", errors="replace").strip().splitlines()[-3:]
-            raise ConversionError(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-                                  + (f" | converter said: {' / '.join(tail)}" if tail else "")) from exc
+            first = (str(exc).strip().splitlines() or [""])[0]
+            said = f" | converter said: {' / '.join(tail)}" if tail else ""
+            raise ConversionError(f"{type(exc).__name__}: {first}{said}") from exc
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -362,7 +363,10 @@ def export(run_dir: str | Path, modes: list[str], calibration_count: int = DEFAU
         t0 = time.perf_counter()
         bare = convert_model(model, quant, calibration)
         _raise_problems(mode, "after conversion", verify(bare, quant))
-        final = add_metadata(bare, metadata_info(run, quant, author, license))
+        try:
+            final = add_metadata(bare, metadata_info(run, quant, author, license))
+        except ValueError as exc:  # e.g. labels.txt no longer matches the model's outputs
+            raise ConversionError(f"{mode}: cannot add metadata: {exc}") from None
         checked = verify(final, quant)
         _raise_problems(mode, "after adding metadata", checked)
         meta = edge_metadata.read_metadata(final)

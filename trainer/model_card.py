@@ -50,8 +50,8 @@ def build(run_dir: str | Path) -> dict:
     from trainer.convert import MODES, model_path
 
     run_dir = Path(run_dir)
-    config, report, parity = _json(run_dir / "config.json"), _json(run_dir / "report.json"), _json(run_dir / "parity.json")
-    splits = _json(run_dir / "splits.json")
+    config, report, splits = (_json(run_dir / name) for name in ("config.json", "report.json", "splits.json"))
+    parity = _json(run_dir / "parity.json")
     labels = (run_dir / "labels.txt").read_text(encoding="utf-8").splitlines()
     counts = {part: dict(sorted(Counter(labels[s["label"]] for s in splits.get(part, [])).items()))
               for part in ("train", "val", "test")}
@@ -106,8 +106,8 @@ def render_markdown(card: dict) -> str:
         lines.append(f"Parity against model.keras on {parity['n']} {parity['split']} photos "
                      f"(Keras accuracy {parity['keras_accuracy']}); agreement counts exact ties of a "
                      "quantized output as agreeing when the Keras top-1 is among them.")
-    lines += ["", "| variant | size MB | input | output | min runtime | accuracy | Δacc (pt) | agreement % | max abs Δp | gate |",
-              "|---|---:|---|---|---|---:|---:|---:|---:|---|"]
+    lines += ["", "| variant | size MB | input | output | min runtime | accuracy | Δacc (pt) | agreement % "
+                  "| max abs Δp | gate |", "|---|---:|---|---|---|---:|---:|---:|---:|---|"]
     for mode, v in card["variants"].items():
         p = v["parity"] or {}
         fmt = lambda key, f: format(p[key], f) if key in p else "-"  # noqa: E731

@@ -198,7 +198,10 @@ def fine_tune(cfg: RunConfig, backbone: Backbone, model, images, y_train, val_im
               .batch(t.fine_tune_batch_size)) if has_val else None
     stop = keras.callbacks.EarlyStopping(monitor="val_loss" if has_val else "loss", patience=t.fine_tune_patience,
                                          restore_best_weights=True)
-    history = model.fit(train_ds, validation_data=val_ds, epochs=t.fine_tune_epochs, verbose=1,
+    import sys
+
+    history = model.fit(train_ds, validation_data=val_ds, epochs=t.fine_tune_epochs,
+                        verbose=1 if sys.stderr.isatty() else 2,  # a bar on terminals, a line per epoch in logs
                         class_weight=metrics.balanced_class_weights(y_train, n_classes) if t.class_weights else None,
                         callbacks=[stop, *callbacks])
     backbone.base.trainable = False

@@ -1,0 +1,395 @@
+"""RUN_DIR/model_<variant>.tflite -> android_assets/: what an Android app ships, checked first.
+
+`python -m trainer android RUN_DIR --variant int8 [--out android_assets]` writes
+
+    android_assets/
+      model.tflite    the variant's file byte for byte (metadata: normalization, labels packed in);
+                      one fixed name, so app code does not change when the variant does
+      labels.txt      the same labels, for apps that run a plain Interpreter instead of a Task API
+      manifest.json   variant, input contract, quantization, parity numbers, sha256, versions
+      README.md       for the app developer: where the files go, Gradle, Kotlin (MediaPipe Tasks
+                      and TFLite Task Library), what the model expects
+
+Everything is validated before anything is written (:func:`plan`): the file exists and is a
+TFLite model with metadata and labels, the label count equals the output size, the labels equal
+RUN_DIR/labels.txt, and parity.json records that this very file (same sha256) passed its gate.
+Any failure is a :class:`BundleError` (one line; the CLI exits 2) and the destination is left
+untouched. The bundle is built in a temp folder next to the destination and swapped in with
+renames (:func:`swap_in`), so a crash leaves the old folder or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainer import atomic
+from trainer.data import DataError
+
+MODEL_FILE = "model.tflite"
+LABELS_FILE = "labels.txt"
+MANIFEST_FILE = "manifest.json"
+README_FILE = "README.md"
+BUNDLE_FILES = (MODEL_FILE, LABELS_FILE, MANIFEST_FILE, README_FILE)
+FORMAT = "edge-transfer-android-bundle/1"
+DEFAULT_OUT = Path("android_assets")
+# Versions the README's snippets were written against (any later release should do).
+MEDIAPIPE_ARTIFACT = "com.google.mediapipe:tasks-vision:0.10.14"
+TASK_LIBRARY_ARTIFACT = "org.tensorflow:tensorflow-lite-task-vision:0.4.4"
+
+
+class BundleError(DataError):
+    """The run cannot be bundled as asked (one line): nothing was written."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything the bundle needs, read and checked before a byte is written."""
+
+    run_dir: Path
+    variant: str
+    source: Path
+    model_bytes: bytes
+    labels: list[str]
+    manifest: dict
+
+
+# --------------------------------------------------------------------------- validation
+@contextlib.contextmanager
+def runtime_banner_filtered():
+    """Drop the interpreter's C++ "INFO: Created TensorFlow Lite XNNPACK delegate" line from
+    stderr (so a refusal stays one line); anything else it writes is passed on."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            rest = [line for line in sink.read().decode("utf-8", "replace").splitlines()
+                    if line.strip() and not line.startswith("INFO: ")]
+            if rest:
+                print("\n".join(rest), file=sys.stderr)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _package_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("edge-transfer")
+    except Exception:  # a source tree that is not installed
+        return "0.1.0"
+
+
+def _read_parity(run_dir: Path, variant: str, model_sha: str) -> tuple[dict, dict]:
+    """(parity.json, its entry for ``variant``) when that entry is current and passed; else BundleError."""
+    path = run_dir / "parity.json"
+    if not path.is_file():
+        raise BundleError(f"{path} not found: run `python -m trainer convert {run_dir}` first "
+                          "(an unchecked model is not shipped)")
+    try:
+        parity = json.loads(path.read_text())
+        entry = parity["variants"][variant]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise BundleError(f"{path} has no parity result for {variant}: run "
+                          f"`python -m trainer convert {run_dir} --mode {variant}`") from None
+    if entry.get("sha256") != model_sha:
+        raise BundleError(f"{path} is stale: it checked a different model_{variant}.tflite (sha256 differs); "
+                          f"run `python -m trainer convert {run_dir} --mode {variant}` again")
+    keras = run_dir / "model.keras"
+    if parity.get("keras_sha256") and keras.is_file() and _sha256(keras.read_bytes()) != parity["keras_sha256"]:
+        raise BundleError(f"{path} was computed for a different model.keras: convert {run_dir} again")
+    if entry.get("passed") is not True or entry.get("failures"):
+        why = "; ".join(entry.get("failures") or []) or "not marked passed"
+        raise BundleError(f"{variant} failed its parity gate ({why}): ship a variant that passed "
+                          "(see parity.json) or convert again")
+    return parity, entry
+
+
+def plan(run_dir: str | Path, variant: str = "int8") -> Plan:
+    """Read and check everything; raises BundleError (one line) on the first problem."""
+    from edge.metadata import InvalidModelError, read_metadata, read_model_bytes
+    from edge.runtime import RuntimeMissingError, make_interpreter
+    from trainer.convert import MODES, model_path
+
+    run_dir = Path(run_dir)
+    if variant not in MODES:
+        raise BundleError(f"--variant must be one of {', '.join(MODES)}, got {variant!r}")
+    if not run_dir.is_dir():
+        raise BundleError(f"{run_dir} is not a directory")
+    labels_path = run_dir / LABELS_FILE
+    if not labels_path.is_file():
+        raise BundleError(f"{labels_path} not found: is {run_dir} a training run directory?")
+    run_labels = labels_path.read_text(encoding="utf-8").splitlines()
+    source = model_path(run_dir, variant)
+    if not source.is_file():
+        raise BundleError(f"{source} not found: run `python -m trainer convert {run_dir} --mode {variant}` first")
+
+    try:
+        data = read_model_bytes(source)
+        meta = read_metadata(data)
+    except InvalidModelError as exc:
+        raise BundleError(f"{source}: unreadable model or metadata: {exc}") from None
+    if not meta.has_metadata:
+        raise BundleError(f"{source} has no TFLite metadata: MediaPipe and the Task Library need it "
+                          "(normalization, labels); convert again")
+    if not meta.labels:
+        raise BundleError(f"{source} metadata has no labels file: convert again")
+    try:
+        with runtime_banner_filtered():
+            loaded = make_interpreter(data, num_threads=1)
+    except (InvalidModelError, RuntimeMissingError) as exc:
+        raise BundleError(f"{source}: {exc}") from None
+    n_out = 1
+    for dim in loaded.output.shape[1:]:
+        n_out *= int(dim)
+    if len(meta.labels) != n_out:
+        raise BundleError(f"{source}: metadata has {len(meta.labels)} labels but the model outputs {n_out} scores")
+    if meta.labels != run_labels:
+        raise BundleError(f"{source}: metadata labels {meta.labels} differ from {labels_path} {run_labels}")
+
+    sha = _sha256(data)
+    parity, entry = _read_parity(run_dir, variant, sha)
+    manifest = _manifest(variant, source, data, sha, meta, loaded, parity, entry)
+    return Plan(run_dir, variant, source, data, list(meta.labels), manifest)
+
+
+def _quantization(tensor) -> dict:
+    return {"scale": float(tensor.scale), "zero_point": int(tensor.zero_point), "quantized": bool(tensor.is_quantized)}
+
+
+def _manifest(variant, source: Path, data: bytes, sha: str, meta, loaded, parity: dict, entry: dict) -> dict:
+    from trainer.convert import MODES
+
+    inp, out = loaded.input, loaded.output
+    _, h, w, c = (list(inp.shape) + [1, 1, 1, 1])[:4]
+    return {
+        "format": FORMAT,
+        "variant": variant,
+        "summary": MODES[variant].summary,
+        "model": {"file": MODEL_FILE, "source": source.name, "sha256": sha, "size_bytes": len(data),
+                  "size_mb": round(len(data) / 1e6, 2), "min_runtime_version": meta.min_runtime_version},
+        "input": {
+            "shape": [int(s) for s in inp.shape],
+            "height": int(h), "width": int(w), "channels": int(c),
+            "dtype": str(inp.dtype),
+            "color_space": meta.color_space or "RGB",
+            "normalization": {"mean": list(meta.mean) if meta.mean else None,
+                              "std": list(meta.std) if meta.std else None},
+            "quantization": _quantization(inp),
+            "pixels": "RGB 0..255, resized to the input size; (pixel - mean) / std as the metadata says "
+                      "(mean 0, std 1: raw pixels)",
+        },
+        "output": {"shape": [int(s) for s in out.shape], "dtype": str(out.dtype), "quantization": _quantization(out),
+                   "meaning": "softmax probabilities, one per label (uint8: score = scale * (q - zero_point))"},
+        "labels": {"file": LABELS_FILE, "count": len(meta.labels), "in_model_metadata": True},
+        "parity": {
+            "split": parity.get("split"), "n": parity.get("n"), "keras_accuracy": parity.get("keras_accuracy"),
+            **{k: entry.get(k) for k in ("accuracy", "delta_acc", "agreement", "strict_agreement", "max_abs_dp",
+                                         "thresholds", "passed")},
+        },
+        "metadata": {"name": meta.name, "version": meta.version, "author": meta.author, "license": meta.license},
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "edge_transfer_version": _package_version(),
+    }
+
+
+# --------------------------------------------------------------------------- writing
+def write_files(p: Plan, folder: Path) -> None:
+    """Write the bundle's files into ``folder`` (each atomically) and read the model back."""
+    atomic.write_bytes(folder / MODEL_FILE, p.model_bytes)
+    atomic.write_text(folder / LABELS_FILE, "\n".join(p.labels) + "\n")
+    atomic.write_json(folder / MANIFEST_FILE, p.manifest)
+    atomic.write_text(folder / README_FILE, readme(p.manifest, p.labels))
+    for name in BUNDLE_FILES:
+        os.chmod(folder / name, 0o644)  # atomic writes are 0600 (mkstemp); assets are for others to copy
+    if _sha256((folder / MODEL_FILE).read_bytes()) != p.manifest["model"]["sha256"]:
+        raise OSError(f"{folder / MODEL_FILE} does not read back as written")
+
+
+def swap_in(build: Path, dest: Path) -> None:
+    """Replace ``dest`` by the complete folder ``build`` (same parent) with renames only.
+
+    dest -> hidden backup, build -> dest, backup deleted. If the second rename fails the backup is
+    put back; at no moment is a folder at ``dest`` partly old and partly new.
+    """
+    backup = None
+    if dest.exists() or dest.is_symlink():
+        backup = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old.", dir=dest.parent))
+        backup.rmdir()
+        os.rename(dest, backup)
+    try:
+        os.rename(build, dest)
+    except BaseException:
+        if backup is not None:
+            os.rename(backup, dest)
+        raise
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+def build(run_dir: str | Path, variant: str = "int8", out: str | Path = DEFAULT_OUT) -> Plan:
+    """Validate, then (and only then) replace ``out`` with a fresh bundle. Returns the plan."""
+    p = plan(run_dir, variant)
+    dest = Path(out)
+    if dest.exists() and not dest.is_dir():
+        raise BundleError(f"{dest} exists and is not a folder")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.new.", dir=dest.parent))
+    try:
+        os.chmod(staging, dest.stat().st_mode & 0o7777 if dest.is_dir() else 0o755)  # mkdtemp makes 0700
+        write_files(p, staging)
+        (staging / ".gitkeep").touch()
+        swap_in(staging, dest)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return p
+
+
+# --------------------------------------------------------------------------- README
+def _gate(thresholds: dict) -> str:
+    words = {"max_abs_dp": "max |p - p_keras| <= {:g}", "min_delta_acc": "accuracy change >= {:+g} points",
+             "min_agreement": "same top-1 as Keras on >= {:g} % of photos"}
+    return ", ".join(words[k].format(v) if k in words else f"{k} {v}" for k, v in thresholds.items()) or "no bounds"
+
+
+def readme(m: dict, labels: list[str]) -> str:
+    """The app developer's page, filled with this bundle's facts."""
+    inp, out, par = m["input"], m["output"], m["parity"]
+    mean, std = inp["normalization"]["mean"], inp["normalization"]["std"]
+    q_in, q_out = inp["quantization"], out["quantization"]
+    if inp["dtype"] == "float32":
+        feed = (f"float32 `[1, {inp['height']}, {inp['width']}, 3]`, RGB values 0..255 as floats "
+                f"(metadata mean {mean}, std {std}: no scaling to 0..1 or -1..1; the model normalizes inside)")
+    else:
+        feed = (f"{inp['dtype']} `[1, {inp['height']}, {inp['width']}, 3]`, raw RGB pixels 0..255 "
+                f"(input quantization scale {q_in['scale']:g}, zero point {q_in['zero_point']}: the byte is the pixel)")
+    if q_out["quantized"]:
+        scores = (f"{out['dtype']} `{out['shape']}`; probability = {q_out['scale']:g} × (q − {q_out['zero_point']}). "
+                  "MediaPipe and the Task Library dequantize for you.")
+    else:
+        scores = f"{out['dtype']} `{out['shape']}`, softmax probabilities."
+    pct = lambda x: "n/a" if x is None else f"{x * 100:.2f} %"  # noqa: E731
+    agree = "n/a" if par.get("agreement") is None else f"{par['agreement']:.2f} %"
+    delta = "n/a" if par.get("delta_acc") is None else f"{par['delta_acc']:+.2f} points"
+    label_list = ", ".join(labels[:20]) + (", ..." if len(labels) > 20 else "")
+    return f"""# Android assets: {m['metadata']['name'] or 'image classifier'}
+
+Generated by `python -m trainer android RUN_DIR --variant {m['variant']}` (`make android`) on
+{m['created_at']}, edge-transfer {m['edge_transfer_version']}. Do not edit: run the command again.
+
+| file | what |
+|---|---|
+| `{MODEL_FILE}` | the `{m['variant']}` variant ({m['model']['source']}), {m['model']['size_mb']} MB, sha256 `{m['model']['sha256'][:16]}…`. Labels and normalization are **inside** the file (TFLite metadata). |
+| `{LABELS_FILE}` | the {m['labels']['count']} labels in output order, only needed with a plain `Interpreter` |
+| `{MANIFEST_FILE}` | machine-readable facts: input/output tensors, quantization, parity, hashes |
+
+## The model
+- Variant **{m['variant']}**: {m['summary']}.
+- Accuracy on {par.get('n')} held-out {par.get('split')} photos: **{pct(par.get('accuracy'))}**
+  (Keras model {pct(par.get('keras_accuracy'))}, change {delta}; same top-1 as Keras on {agree}).
+  Passed its parity gate ({_gate(par.get('thresholds') or {})}).
+- Classes ({m['labels']['count']}): {label_list}.
+- Input: {feed}. Color space {inp['color_space']}. MediaPipe and the Task Library resize any
+  bitmap to {inp['width']}×{inp['height']} themselves; give them the whole upright photo.
+- Output: {scores}
+- Needs a TFLite runtime ≥ {m['model']['min_runtime_version']}.
+
+## 1. Put the files in the app
+Copy `{MODEL_FILE}` (and `{LABELS_FILE}` if you use a plain Interpreter) to
+`app/src/main/assets/`. Keep the model uncompressed in the APK so it can be memory-mapped
+(Android Gradle Plugin 4.1+ already leaves `.tflite` alone; saying it costs nothing):
+
+```kotlin
+// app/build.gradle.kts
+android {{
+    androidResources {{ noCompress += "tflite" }}
+}}
+```
+```groovy
+// app/build.gradle, older plugin versions
+android {{
+    aaptOptions {{ noCompress "tflite" }}
+}}
+```
+
+## 2a. MediaPipe Tasks (recommended)
+Dependency: `implementation("{MEDIAPIPE_ARTIFACT}")` (or newer).
+
+```kotlin
+import android.content.Context
+import android.graphics.Bitmap
+import com.google.mediapipe.framework.image.BitmapImageBuilder
+import com.google.mediapipe.tasks.core.BaseOptions
+import com.google.mediapipe.tasks.vision.core.RunningMode
+import com.google.mediapipe.tasks.vision.imageclassifier.ImageClassifier
+
+fun makeClassifier(context: Context): ImageClassifier {{
+    val base = BaseOptions.builder().setModelAssetPath("{MODEL_FILE}").build()
+    val options = ImageClassifier.ImageClassifierOptions.builder()
+        .setBaseOptions(base)
+        .setRunningMode(RunningMode.IMAGE)
+        .setMaxResults(3)
+        .build()
+    return ImageClassifier.createFromOptions(context, options)
+}}
+
+// bitmap: ARGB_8888, upright. Call from a background thread; close() the classifier when done.
+fun topLabel(classifier: ImageClassifier, bitmap: Bitmap): Pair<String, Float>? {{
+    val result = classifier.classify(BitmapImageBuilder(bitmap).build())
+    val best = result.classificationResult().classifications().firstOrNull()
+        ?.categories()?.firstOrNull() ?: return null
+    return best.categoryName() to best.score()
+}}
+```
+For a camera feed use `RunningMode.LIVE_STREAM` with `setResultListener {{ result, image -> ... }}`
+and `classifier.classifyAsync(mpImage, timestampMs)`.
+
+## 2b. TensorFlow Lite Task Library
+Dependency: `implementation("{TASK_LIBRARY_ARTIFACT}")`.
+
+```kotlin
+import android.content.Context
+import android.graphics.Bitmap
+import org.tensorflow.lite.support.image.TensorImage
+import org.tensorflow.lite.task.core.BaseOptions
+import org.tensorflow.lite.task.vision.classifier.ImageClassifier
+
+fun makeClassifier(context: Context): ImageClassifier {{
+    val options = ImageClassifier.ImageClassifierOptions.builder()
+        .setBaseOptions(BaseOptions.builder().setNumThreads(2).build())
+        .setMaxResults(3)
+        .build()
+    return ImageClassifier.createFromFileAndOptions(context, "{MODEL_FILE}", options)
+}}
+
+fun topLabel(classifier: ImageClassifier, bitmap: Bitmap): Pair<String, Float>? {{
+    val best = classifier.classify(TensorImage.fromBitmap(bitmap))
+        .firstOrNull()?.categories?.firstOrNull() ?: return null
+    return best.label to best.score
+}}
+```
+
+## Notes
+- The scores are this model's softmax; it always names one of its {m['labels']['count']} classes, so
+  treat a low top score (e.g. below 0.5) as "not sure".
+- Check the asset is the one you expect: `sha256sum {MODEL_FILE}` must print `{m['model']['sha256']}`.
+- The same file runs on a desktop or Raspberry Pi with `python -m edge classify {MODEL_FILE} photo.jpg`.
+"""
