@@ -251,6 +251,22 @@ def _guarded(fn):
 
 
 @_guarded
+def check_buffers(model: bytes | str | os.PathLike) -> None:
+    """Every weight buffer lies inside the file, else InvalidModelError.
+
+    tflite-runtime 2.14 segfaults on a truncated model instead of raising, so the edge runtime
+    calls this before the interpreter sees the bytes."""
+    data = _as_bytes(model)
+    root = _model_root(data)
+    for i, buffer in enumerate(root.tables(4)):
+        buffer.bytes(0)  # inline data: bounds-checked by the reader
+        offset, size = buffer.scalar(1, "Q"), buffer.scalar(2, "Q")
+        if offset > 1 and offset + size > len(data):
+            raise InvalidModelError(f"truncated TFLite model: buffer {i} ends at {offset + size}, "
+                                    f"past the end of the file ({len(data)} bytes)")
+
+
+@_guarded
 def op_names(model: bytes | str | os.PathLike) -> list[str]:
     """Builtin op name of each subgraph-0 operator, in execution order (e.g. "CONV_2D").
 

@@ -14,7 +14,6 @@ their metadata and applied by :func:`to_input_tensor`.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps

@@ -12,7 +12,6 @@ import ctypes
 import importlib
 import os
 import platform
-import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,52 +117,11 @@ def load_backend(name: str | None = None) -> Backend:
 
 
 def check_model_bytes(data: bytes) -> ModelMetadata:
-    """Validate a model's bytes and return its metadata; raises InvalidModelError (one line).
-
-    edge.metadata checks the identifier and the tables it reads; on top of that every weight
-    buffer must lie inside the file, because tflite-runtime 2.14 segfaults on a truncated model
-    instead of raising.
-    """
+    """Validate a model's bytes (tables and every weight buffer in bounds) and return its
+    metadata; raises InvalidModelError with one line."""
     meta = metadata.read_metadata(data)
-    try:
-        _check_buffers(data)
-    except (struct.error, IndexError) as exc:
-        raise InvalidModelError(f"truncated or corrupt TFLite model ({exc})") from None
+    metadata.check_buffers(data)
     return meta
-
-
-def _check_buffers(data: bytes) -> None:
-    """Walk Model.buffers (schema.fbs field 4) and bounds-check each one's bytes."""
-
-    def table_field(table: int, slot: int) -> int | None:
-        vtable = table - struct.unpack_from("<i", data, table)[0]
-        vt_size = struct.unpack_from("<H", data, vtable)[0]
-        if 4 + 2 * slot >= vt_size:
-            return None
-        offset = struct.unpack_from("<H", data, vtable + 4 + 2 * slot)[0]
-        return table + offset if offset else None
-
-    def vector(table: int, slot: int, elem_size: int) -> tuple[int, int]:
-        pos = table_field(table, slot)
-        if pos is None:
-            return 0, 0
-        start = pos + struct.unpack_from("<I", data, pos)[0]
-        n = struct.unpack_from("<I", data, start)[0]
-        if start + 4 + n * elem_size > len(data):
-            raise IndexError(f"vector at {start} runs past the end of the file ({len(data)} bytes)")
-        return start + 4, n
-
-    root = struct.unpack_from("<I", data, 0)[0]
-    start, n = vector(root, 4, 4)
-    for i in range(n):
-        slot = start + 4 * i
-        buffer = slot + struct.unpack_from("<I", data, slot)[0]
-        vector(buffer, 0, 1)
-        offset_pos, size_pos = table_field(buffer, 1), table_field(buffer, 2)
-        if offset_pos is not None and size_pos is not None:
-            offset, size = struct.unpack_from("<Q", data, offset_pos)[0], struct.unpack_from("<Q", data, size_pos)[0]
-            if offset > 1 and offset + size > len(data):
-                raise IndexError(f"buffer {i} ends at {offset + size}, past the end of the file ({len(data)} bytes)")
 
 
 def edgetpu_delegate(backend: Backend):

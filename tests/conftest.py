@@ -38,3 +38,32 @@ def trained_run(tmp_path_factory, shared_data) -> Path:
     result = run_cli("trainer", "train", "--data", str(SMALL_FLOWERS), "--out", str(out), "--seed", "7")
     assert result.returncode == 0, result.stderr[-3000:]
     return out
+
+
+@pytest.fixture(scope="session")
+def converted(trained_run, tmp_path_factory) -> Path:
+    """The session's trained run, converted to all four variants (gate passed)."""
+    from tests.helpers_run import converted_run
+
+    run, result = converted_run(trained_run, tmp_path_factory.getbasetemp())
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    return run
+
+
+@pytest.fixture(scope="session")
+def confident_photo(converted) -> tuple[Path, str, int]:
+    """The test photo Keras gets right with the highest probability (photo, label, index)."""
+    import keras
+    import numpy as np
+
+    from edge.preprocess import PreprocessSpec
+    from trainer.data import load_images, read_splits
+
+    splits = read_splits(converted)
+    images, ok, _ = load_images(splits.paths("test"), PreprocessSpec())
+    y = splits.targets("test")
+    probs = keras.models.load_model(converted / "model.keras").predict(images.astype(np.float32), verbose=0)
+    right = np.where(ok & (probs.argmax(1) == y))[0]
+    best = int(right[np.argmax(probs[right, y[right]])])
+    assert probs[best, y[best]] >= 0.8, "no test photo is classified with confidence"
+    return splits.paths("test")[best], splits.labels[y[best]], int(y[best])

@@ -1,7 +1,7 @@
 """Run directories for tests: a trained run converted to every TFLite variant, once per session.
 
-Plain functions (memoized per process) rather than fixtures, so any test module or a future
-conftest.py can share them without pytest running the conversion twice.
+Plain functions (memoized per process); conftest.py wraps them in the session fixtures
+`converted` and `confident_photo`.
 """
 
 from __future__ import annotations
@@ -9,8 +9,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
-
-import pytest
 
 from tests.conftest import run_cli
 
@@ -37,11 +35,3 @@ def converted_run(trained: Path, root: Path) -> tuple[Path, subprocess.Completed
                          "--calibration-images", CALIBRATION_IMAGES, *TEST_GATE)
         _converted[key] = (out, result)
     return _converted[key]
-
-
-@pytest.fixture(scope="session")
-def converted(trained_run, tmp_path_factory) -> Path:
-    """The session's trained run, converted to all four variants (gate passed)."""
-    run, result = converted_run(trained_run, tmp_path_factory.getbasetemp())
-    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    return run

@@ -16,12 +16,11 @@ import subprocess
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from tests.client_venvs import client_python
 from tests.conftest import run_cli
-from tests.helpers_run import converted, copy_run  # noqa: F401  (session fixture)
+from tests.helpers_run import copy_run
 
 pytestmark = pytest.mark.slow
 
@@ -55,24 +54,6 @@ def bundle(converted, tmp_path_factory) -> Path:
     assert result.returncode == 0, result.stderr[-2000:]
     assert "model.tflite" in result.stdout
     return out
-
-
-@pytest.fixture(scope="module")
-def confident_photo(converted) -> tuple[Path, str, int]:
-    """The test photo Keras gets right with the highest probability (photo, label, index)."""
-    import keras
-
-    from edge.preprocess import PreprocessSpec
-    from trainer.data import load_images, read_splits
-
-    splits = read_splits(converted)
-    images, ok, _ = load_images(splits.paths("test"), PreprocessSpec())
-    y = splits.targets("test")
-    probs = keras.models.load_model(converted / "model.keras").predict(images.astype(np.float32), verbose=0)
-    right = np.where(ok & (probs.argmax(1) == y))[0]
-    best = int(right[np.argmax(probs[right, y[right]])])
-    assert probs[best, y[best]] >= 0.8, "no test photo is classified with confidence"
-    return splits.paths("test")[best], splits.labels[y[best]], int(y[best])
 
 
 def test_bundle_has_the_files_and_a_manifest_that_matches_them(bundle, converted):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_cli
-from tests.helpers_run import converted, copy_run  # noqa: F401  (session fixture)
+from tests.helpers_run import copy_run
 
 pytestmark = pytest.mark.slow
 

@@ -8,34 +8,14 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from tests.client_venvs import client_python
-from tests.helpers_run import converted  # noqa: F401  (session fixture)
 
 pytestmark = [pytest.mark.clients, pytest.mark.slow]
 
 CLIENTS = Path(__file__).resolve().parent / "clients"
 MODES = ["float32", "float16", "dynamic", "int8"]
-
-
-@pytest.fixture(scope="module")
-def confident_photo(converted) -> tuple[Path, str, int]:
-    """The test photo Keras gets right with the highest probability (photo, label, index)."""
-    import keras
-
-    from edge.preprocess import PreprocessSpec
-    from trainer.data import load_images, read_splits
-
-    splits = read_splits(converted)
-    images, ok, _ = load_images(splits.paths("test"), PreprocessSpec())
-    y = splits.targets("test")
-    probs = keras.models.load_model(converted / "model.keras").predict(images.astype(np.float32), verbose=0)
-    right = np.where(ok & (probs.argmax(1) == y))[0]
-    best = int(right[np.argmax(probs[right, y[right]])])
-    assert probs[best, y[best]] >= 0.8, "no test photo is classified with confidence"
-    return splits.paths("test")[best], splits.labels[y[best]], int(y[best])
 
 
 def classify(client: str, model: Path, image: Path) -> subprocess.CompletedProcess:

@@ -10,7 +10,7 @@ import pytest
 
 from edge.metadata import op_names, read_metadata, tensor_types
 from tests.conftest import run_cli
-from tests.helpers_run import converted, copy_run  # noqa: F401  (session fixture)
+from tests.helpers_run import copy_run
 
 MODES = ["float32", "float16", "dynamic", "int8"]
 IO = {"float32": "float32", "float16": "float32", "dynamic": "float32", "int8": "uint8"}

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import run_cli
-from tests.helpers_run import converted, copy_run  # noqa: F401  (session fixture)
+from tests.helpers_run import copy_run
 from trainer.parity import Thresholds, compare, default_thresholds
 
 MODES = ["float32", "float16", "dynamic", "int8"]

@@ -8,10 +8,9 @@ import json
 import numpy as np
 
 from tests.conftest import run_cli
-from tests.helpers_run import converted  # noqa: F401  (session fixture)
 
 
-def test_edge_cli_float32_probabilities_equal_keras_on_the_test_split(converted):  # noqa: F811
+def test_edge_cli_float32_probabilities_equal_keras_on_the_test_split(converted):  
     import keras
 
     from edge.preprocess import PreprocessSpec

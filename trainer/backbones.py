@@ -121,7 +121,6 @@ def load_npz_weights(model, path: Path) -> None:
 
 
 def build_mobilenet_v2(cfg: BackboneConfig) -> Backbone:
-    import keras
 
     weights = cfg.weights
     if weights in ("default", "shipped") and cfg.alpha != 1.0:

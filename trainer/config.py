@@ -38,9 +38,9 @@ class TrainConfig:
     fine_tune_layers / fine_tune_from: stage 2, unfreeze the top N base layers or from a named
     layer (e.g. "block_13_expand"); BatchNorm stays in inference mode."""
 
-    epochs: int = 300
+    epochs: int = 2000
     batch_size: int = 0
-    learning_rate: float = 0.02
+    learning_rate: float = 0.003
     dropout: float = 0.0
     label_smoothing: float = 0.0
     l2_grid: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)

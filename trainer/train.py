@@ -104,7 +104,7 @@ def _fit_head(cfg: RunConfig, l2: float, x_train, y_train, validation, n_classes
 
 
 def _nll(head, x, y) -> float:
-    p = head.predict(x, verbose=0, batch_size=4096)
+    p = np.asarray(head(x, training=False))
     return float(-np.mean(np.log(p[np.arange(len(y)), y] + 1e-12)))
 
 
