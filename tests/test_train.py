@@ -119,7 +119,8 @@ def test_fine_tuning_trains_top_layers_and_keeps_batchnorm_statistics(tmp_path):
     ds = make_dataset(tmp_path / "ds", n_per_class=12, classes=("daisy", "roses", "tulips"))
     out = tmp_path / "run"
     result = run_cli("trainer", "train", "--data", str(ds), "--out", str(out), "--epochs", "5",
-                     "--fine-tune-from", "block_16_expand", "--fine-tune-epochs", "1", "--image-size", "96")
+                     "--fine-tune-from", "block_16_expand", "--fine-tune-epochs", "1", "--image-size", "96",
+                     "--tensorboard")
     assert result.returncode == 0, result.stderr[-3000:]
     model = keras.models.load_model(out / "model.keras")
     base = next(layer for layer in model.layers if layer.name.startswith("mobilenetv2"))
@@ -132,3 +133,5 @@ def test_fine_tuning_trains_top_layers_and_keeps_batchnorm_statistics(tmp_path):
             np.testing.assert_array_equal(base.get_layer(name).get_weights()[i], shipped[f"{name}/{i}"])
     report = json.loads((out / "report.json").read_text())
     assert report["stages"]["fine_tune"]["epochs"] == 1
+    for stage in ("head", "fine_tune"):  # --tensorboard logs both stages
+        assert any(p.name.startswith("events.out.tfevents") for p in (out / "tensorboard" / stage).rglob("*")), stage
