@@ -98,6 +98,17 @@ def test_head_training_is_repeatable_for_a_seed():
     np.testing.assert_array_equal(weights[0], weights[1])
 
 
+def test_config_json_repeats_the_run_exactly(trained_run, tmp_path):
+    """--config RUN_DIR/config.json gives the same split, the same head and the same probabilities."""
+    out = tmp_path / "again"
+    result = run_cli("trainer", "train", "--config", str(trained_run / "config.json"), "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (out / "splits.json").read_text() == (trained_run / "splits.json").read_text()
+    first, second = (json.loads((d / "report.json").read_text()) for d in (trained_run, out))
+    assert first["splits"] == second["splits"]  # every metric and confusion matrix
+    assert first["history"]["head"] == second["history"]["head"]
+
+
 def test_crash_while_saving_leaves_no_half_written_model(tmp_path, monkeypatch):
     from trainer import atomic
 
@@ -117,6 +128,7 @@ def test_fine_tuning_trains_top_layers_and_keeps_batchnorm_statistics(tmp_path):
     import keras
 
     ds = make_dataset(tmp_path / "ds", n_per_class=12, classes=("daisy", "roses", "tulips"))
+    (ds / "roses" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     out = tmp_path / "run"
     result = run_cli("trainer", "train", "--data", str(ds), "--out", str(out), "--epochs", "5",
                      "--fine-tune-from", "block_16_expand", "--fine-tune-epochs", "1", "--image-size", "96",
@@ -133,5 +145,7 @@ def test_fine_tuning_trains_top_layers_and_keeps_batchnorm_statistics(tmp_path):
             np.testing.assert_array_equal(base.get_layer(name).get_weights()[i], shipped[f"{name}/{i}"])
     report = json.loads((out / "report.json").read_text())
     assert report["stages"]["fine_tune"]["epochs"] == 1
+    assert [s["path"] for s in report["skipped"]] == ["roses/broken.jpg"] and report["skipped"][0]["reason"]
+    assert sum(report["counts"].values()) == 36  # the run went on without it
     for stage in ("head", "fine_tune"):  # --tensorboard logs both stages
         assert any(p.name.startswith("events.out.tfevents") for p in (out / "tensorboard" / stage).rglob("*")), stage

@@ -38,8 +38,10 @@ def _quiet_tensorflow() -> None:
 
 @app.command()
 def train(
-    data: Path = typer.Option(..., "--data", help="Folder with one sub-folder of photos per class."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Folder with one sub-folder of photos per class."),
     out: Path = typer.Option(..., "--out", help="Run directory to write (model.keras, report.json, ...)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Repeat a run: its config.json (other options "
+                                          "are ignored, except --data and --out)."),
     backbone: str = typer.Option("mobilenet_v2", help="mobilenet_v2 | a keras.applications name | hub:PATH"),
     weights: str = typer.Option("default", help="default | imagenet | PATH | none"),
     image_size: int = typer.Option(224, help="Square input size in pixels."),
@@ -58,17 +60,29 @@ def train(
     threads: int = typer.Option(0, help="Threads for feature extraction (0: all cores)."),
 ):
     """Train on a folder of class folders and write a self-describing run directory."""
+    import dataclasses
+
     from trainer.config import BackboneConfig, DataConfig, RunConfig, TrainConfig
 
-    cfg = RunConfig(
-        data=DataConfig(str(data), val_split, test_split, min_per_class),
-        backbone=BackboneConfig(backbone, weights, image_size),
-        train=TrainConfig(epochs=epochs, fine_tune_layers=fine_tune_layers, fine_tune_from=fine_tune_from,
-                          fine_tune_epochs=fine_tune_epochs, fine_tune_learning_rate=fine_tune_learning_rate,
-                          flip_features=flip_features,
-                          label_smoothing=label_smoothing, tensorboard=tensorboard, threads=threads),
-        seed=seed,
-    )
+    if config is not None:
+        try:
+            cfg = RunConfig.from_dict(json.loads(config.read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            _fail(f"cannot read run config {config}: {exc}".splitlines()[0])
+        if data is not None:
+            cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dir=str(data)))
+    elif data is None:
+        _fail("--data DIR is required (or --config RUN_DIR/config.json to repeat a run)")
+    else:
+        cfg = RunConfig(
+            data=DataConfig(str(data), val_split, test_split, min_per_class),
+            backbone=BackboneConfig(backbone, weights, image_size),
+            train=TrainConfig(epochs=epochs, fine_tune_layers=fine_tune_layers, fine_tune_from=fine_tune_from,
+                              fine_tune_epochs=fine_tune_epochs, fine_tune_learning_rate=fine_tune_learning_rate,
+                              flip_features=flip_features,
+                              label_smoothing=label_smoothing, tensorboard=tensorboard, threads=threads),
+            seed=seed,
+        )
     _quiet_tensorflow()
     from trainer import train as training
 

@@ -3,6 +3,7 @@ the top of the base (BatchNorm kept in inference mode). Writes the run directory
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -251,7 +252,8 @@ def run(cfg: RunConfig, out: Path) -> dict:
     ys = {name: splits.targets(name) for name in idx}
     atomic.write_text(out / "labels.txt", "\n".join(classes) + "\n")
     atomic.write_json(out / "splits.json", splits.to_dict())
-    atomic.write_json(out / "config.json", {**cfg.to_dict(), "preprocess": spec.to_dict(),
+    resolved = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dir=str(root)))
+    atomic.write_json(out / "config.json", {**resolved.to_dict(), "preprocess": spec.to_dict(),
                                             "model_input": "RGB uint8 values as float32, 0..255"})
 
     # stage 1: features once, head on the cache
