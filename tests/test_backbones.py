@@ -50,10 +50,14 @@ def test_shipped_features_separate_flower_classes_and_random_init_does_not():
     images, ok, _ = data.load_images([SMALL_FLOWERS / s.path for s in samples], PreprocessSpec())
     assert ok.all() and len(samples) == 200
     y = np.array([s.label for s in samples])
+    import keras
+
     shipped = features.extract(build_backbone(BackboneConfig()).feature_model(), images, desc=None)
+    keras.utils.set_random_seed(0)  # random conv features still see colour: 0.34-0.57 over seeds 0-3
     random = features.extract(build_backbone(BackboneConfig(weights="none")).feature_model(), images, desc=None)
-    assert _knn_accuracy(shipped, y) >= 0.75
-    assert _knn_accuracy(random, y) <= 0.45
+    shipped_acc, random_acc = _knn_accuracy(shipped, y), _knn_accuracy(random, y)
+    assert shipped_acc >= 0.75
+    assert random_acc <= 0.6 and shipped_acc - random_acc >= 0.2
 
 
 def _tiny_dataset(root, n=8, size=48):
