@@ -54,6 +54,31 @@ def run_client(name: str, script: str, *args: str, timeout: float = 300) -> subp
     )
 
 
+CLIENT_SCRIPTS = Path(__file__).resolve().parent / "clients"
+
+
+def client_classify(client: str, model: Path, image: Path) -> list[dict]:
+    """Every category the client engine reports for image, best first; only the model file
+    is handed over (labels and normalization must come from its metadata)."""
+    result = subprocess.run(
+        [str(client_python(client)), str(CLIENT_SCRIPTS / f"{client}_classify.py"), str(model), str(image),
+         "--max-results", "-1"],
+        capture_output=True, text=True, timeout=180, cwd=Path(model).parent,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    import json
+
+    return json.loads(result.stdout)["categories"]
+
+
+def assert_top_category(categories: list[dict], labels: list[str], label: str, index: int) -> None:
+    """Labels arrive in output order from the metadata, and the top one is the expected class."""
+    assert [c["label"] for c in sorted(categories, key=lambda c: c["index"])] == labels
+    top = categories[0]
+    assert (top["label"], top["index"]) == (label, index), categories
+    assert top["score"] >= 0.5, categories
+
+
 if __name__ == "__main__":  # `python tests/client_venvs.py NAME...` builds them ahead of the suite
     for n in sys.argv[1:] or list(CLIENTS):
         print(n, client_python(n))

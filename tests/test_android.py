@@ -18,13 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.client_venvs import client_python
+from tests.client_venvs import assert_top_category, client_classify
 from tests.conftest import run_cli
 from tests.helpers_run import copy_run
 
 pytestmark = pytest.mark.slow
 
-CLIENTS = Path(__file__).resolve().parent / "clients"
 BUNDLE = [".gitkeep", "README.md", "labels.txt", "manifest.json", "model.tflite"]
 
 
@@ -92,19 +91,9 @@ def test_bundle_has_the_files_and_a_manifest_that_matches_them(bundle, converted
 
 def test_the_bundled_model_alone_classifies_a_real_flower_in_mediapipe(bundle, confident_photo):
     photo, label, index = confident_photo
-    result = subprocess.run(
-        [str(client_python("mediapipe")), str(CLIENTS / "mediapipe_classify.py"), str(bundle / "model.tflite"),
-         str(photo), "--max-results", "-1"],
-        capture_output=True, text=True, timeout=180, cwd=bundle.parent,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    categories = json.loads(result.stdout)["categories"]
+    categories = client_classify("mediapipe", bundle / "model.tflite", photo)
     # the labels MediaPipe reports come from the metadata inside the file, in output order
-    assert [c["label"] for c in sorted(categories, key=lambda c: c["index"])] == \
-        (bundle / "labels.txt").read_text().splitlines()
-    top = categories[0]
-    assert (top["label"], top["index"]) == (label, index), categories
-    assert top["score"] >= 0.5, categories
+    assert_top_category(categories, (bundle / "labels.txt").read_text().splitlines(), label, index)
 
 
 # --------------------------------------------------------------------------- refusals
