@@ -25,11 +25,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from edge.benchmark import size_mb, time_folder, time_invoke, time_photos  # noqa: E402
 from edge.classifier import Classifier, ClassifierOptions  # noqa: E402
-from edge.preprocess import IMAGE_EXTENSIONS  # noqa: E402
-from edge.runtime import make_interpreter, time_invoke  # noqa: E402
+from edge.preprocess import list_images  # noqa: E402
+from edge.runtime import make_interpreter  # noqa: E402
 
-DATA = Path(os.environ.get("EDGE_TRANSFER_DATA", REPO.parent / "shared" / "data"))
+from tests.paths import SHARED_DATA as DATA  # noqa: E402
 LAST = REPO / "runs" / "LAST"  # written by `make train`
 RUN_DIR = Path(LAST.read_text().strip()) if LAST.is_file() else REPO / "runs" / "latest"
 RUN_DIR = RUN_DIR if RUN_DIR.is_absolute() else REPO / RUN_DIR
@@ -56,29 +57,6 @@ class Row:
     process_wall_s: float
 
 
-def photos_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-
-
-def sequential_ms(classifier: Classifier, photos: list[Path]) -> float:
-    """Per-photo time with no overlap: prepare then classify, one at a time."""
-    start = time.perf_counter()
-    for photo in photos:
-        classifier.classify_path(photo)
-    return (time.perf_counter() - start) * 1000 / len(photos)
-
-
-def pipelined_ms(classifier: Classifier, photos: list[Path]) -> float:
-    """Per-photo time of the CLI's folder path (decode-ahead while the interpreter runs)."""
-    start = time.perf_counter()
-    results = list(classifier.classify_paths(photos))
-    elapsed = time.perf_counter() - start
-    failed = [r.path for r in results if r.error]
-    if failed:
-        raise SystemExit(f"benchmark photos failed to decode: {failed[:3]}")
-    return elapsed * 1000 / len(photos)
-
-
 def process_wall_s(model: Path, photo: Path, threads: int, repeats: int) -> float:
     """Median wall time of a fresh `python -m edge classify MODEL photo` process."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -96,18 +74,17 @@ def bench_model(model: Path, photos: list[Path], args) -> Row:
     each figure is the median over rounds."""
     loaded = make_interpreter(model, num_threads=args.threads)
     classifier = Classifier(ClassifierOptions(model, num_threads=args.threads, top_k=3))
-    sequential_ms(classifier, photos[: args.warmup])  # warm caches and the decoder
     timings, seqs, pipes = [], [], []
     for _ in range(args.rounds):
         timings.append(time_invoke(loaded, runs=args.runs, warmup=args.warmup))
-        seqs.append(sequential_ms(classifier, photos))
-        pipes.append(pipelined_ms(classifier, photos))
+        seqs.append(time_photos(classifier, photos, warmup=args.warmup).mean_ms)
+        pipes.append(time_folder(classifier, photos))
     timing = sorted(timings, key=lambda t: t.p50_ms)[len(timings) // 2]
     seq, pipe = statistics.median(seqs), statistics.median(pipes)
     return Row(
         model=model.name,
         backend=loaded.backend,
-        size_mb=round(model.stat().st_size / 2**20, 2),
+        size_mb=size_mb(model.stat().st_size),
         invoke_p50_ms=round(timing.p50_ms, 3),
         invoke_p90_ms=round(timing.p90_ms, 3),
         e2e_sequential_ms=round(seq, 3),
@@ -143,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     models = args.model or [m for m in DEFAULT_MODELS if m.is_file()]
-    photos = photos_in(args.photos)
+    photos = list_images(args.photos)
     if not models or not photos:
         raise SystemExit(f"nothing to benchmark: models {models}, {len(photos)} photos in {args.photos}")
     rows = [bench_model(m, photos, args) for m in models]

@@ -25,6 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from tests.paths import SHARED_DATA  # noqa: E402
+
 
 def tutorial_dataset(data: Path, size: int):
     import keras
@@ -109,7 +111,7 @@ def extraction_throughput(data: Path, n: int = 256) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "tf_flowers" / "train")
+    parser.add_argument("--data", type=Path, default=SHARED_DATA / "tf_flowers" / "train")
     parser.add_argument("--naive-epochs", type=int, default=2)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()

@@ -40,14 +40,13 @@ def expand_inputs(args: list[str]) -> list[str]:
     A path that does not exist (or a glob matching nothing) is kept, so it is reported as an
     error for that path instead of silently vanishing.
     """
-    from edge.preprocess import IMAGE_EXTENSIONS
+    from edge.preprocess import list_images
 
     out: list[str] = []
     for arg in args:
         path = Path(arg)
         if path.is_dir():
-            found = (p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-            out.extend(str(p) for p in sorted(found))
+            out.extend(str(p) for p in list_images(path))
         elif not path.exists() and _GLOB_CHARS & set(arg):
             matches = sorted(glob.glob(arg, recursive=True))
             out.extend(expand_inputs(matches) if matches else [arg])
@@ -166,7 +165,8 @@ def bench(
 ) -> None:
     """Time bare interpreter invocations on seeded random input: p50 / p90 ms, images/s."""
     from edge.metadata import InvalidModelError
-    from edge.runtime import RuntimeMissingError, make_interpreter, time_invoke
+    from edge.benchmark import time_invoke
+    from edge.runtime import RuntimeMissingError, make_interpreter
 
     try:
         loaded = make_interpreter(model, num_threads=threads)

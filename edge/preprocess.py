@@ -14,12 +14,22 @@ their metadata and applied by :func:`to_input_tensor`.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 RESIZE_METHODS = ("bilinear_half_pixel", "nearest")
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files under ``folder`` (recursive, any-case extension, hidden files skipped), sorted:
+    the one listing that training, evaluation, the CLI and the benchmarks all use."""
+    return sorted(
+        p for p in Path(folder).rglob("*")
+        if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
+    )
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ import ctypes
 import importlib
 import os
 import platform
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -186,44 +185,3 @@ def make_interpreter(
         delegate="edgetpu" if edgetpu else (type(delegate).__name__ if delegate is not None else None),
         source=source,
     )
-
-
-@dataclass(frozen=True)
-class InvokeTiming:
-    """Bare-invoke latency over a fixed number of runs."""
-
-    runs: int
-    p50_ms: float
-    p90_ms: float
-    mean_ms: float
-
-    @property
-    def images_per_s(self) -> float:
-        return 1000.0 / self.mean_ms if self.mean_ms > 0 else float("inf")
-
-    def to_dict(self) -> dict:
-        return {"runs": self.runs, "p50_ms": self.p50_ms, "p90_ms": self.p90_ms, "mean_ms": self.mean_ms,
-                "images_per_s": self.images_per_s}
-
-
-def time_invoke(model: LoadedModel, runs: int = 50, warmup: int = 5, seed: int = 0) -> InvokeTiming:
-    """Time set_tensor + invoke on seeded random input (fixed counts, so runs are comparable)."""
-    rng = np.random.default_rng(seed)
-    spec = model.input
-    if spec.dtype.kind == "f":
-        data = rng.random(spec.shape, dtype=np.float32)
-    else:
-        info = np.iinfo(spec.dtype)
-        data = rng.integers(info.min, info.max, size=spec.shape, dtype=spec.dtype, endpoint=True)
-    interpreter = model.interpreter
-    for _ in range(warmup):
-        interpreter.set_tensor(spec.index, data)
-        interpreter.invoke()
-    times = np.empty(max(1, runs))
-    for i in range(len(times)):
-        start = time.perf_counter()
-        interpreter.set_tensor(spec.index, data)
-        interpreter.invoke()
-        times[i] = (time.perf_counter() - start) * 1000
-    return InvokeTiming(len(times), float(np.percentile(times, 50)), float(np.percentile(times, 90)),
-                        float(times.mean()))

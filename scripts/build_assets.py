@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.paths import SHARED_DATA  # noqa: E402
 WEIGHTS_OUT = REPO / "trainer" / "assets" / "mobilenet_v2_1.0_224_no_top.npz"
 SAMPLE_OUT = REPO / "data" / "sample_flowers"
 BN = ("gamma", "beta", "moving_mean", "moving_variance")
@@ -83,7 +87,7 @@ def build_sample(src: Path, max_side: int = 320) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--shared", type=Path, default=SHARED_DATA)
     args = parser.parse_args()
     build_weights(args.shared / "keras_mobilenet_v2" / "slim_npy_1.0_224")
     build_sample(args.shared / "flower_photos_small")

@@ -1,21 +1,31 @@
-"""Shared fixtures: real data from ../shared/data and one real model trained once per session."""
+"""Session fixtures: one real model (shipped ImageNet backbone, head-only) trained in-process on
+the shipped sample photos, its Keras probabilities on the test split, and the same run converted
+to every TFLite variant. Both test tiers (`make test-fast`, `make test`) share them."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("EDGE_TRANSFER_SHARED", REPO.parent / "shared" / "data"))
-SMALL_FLOWERS = SHARED / "flower_photos_small"
+from tests.paths import REPO, SAMPLE_FLOWERS, SHARED_DATA, SHARED_DATA_ENV
 
 # the TFLite copy of the backbone is cached across test runs (it is keyed by a weights hash)
 os.environ.setdefault("EDGE_TRANSFER_CACHE", str(REPO / ".cache" / "edge-transfer"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+TRAIN_SEED = 7
+CALIBRATION_IMAGES = 40
+# 40 test photos: one photo is 2.5 points, so the production gate would turn on one borderline
+# photo. The suite gates at a photo-count scale instead (CLI flags and thresholds alike).
+TEST_GATE_FLAGS = ("--min-agreement", "90", "--min-delta-acc", "-5")
+TEST_GATE = {"min_agreement": 90.0, "min_delta_acc": -5.0}
 
 
 def run_cli(*args: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -24,46 +34,75 @@ def run_cli(*args: str, timeout: float = 600, env: dict | None = None) -> subpro
                           timeout=timeout, env={**os.environ, **(env or {})})
 
 
+def copy_run(run: Path, dest: Path) -> Path:
+    """A private copy of a run directory (tests that rewrite files must not touch shared ones)."""
+    shutil.copytree(run, dest)
+    return dest
+
+
+@dataclass(frozen=True)
+class KerasOnTest:
+    """model.keras on the run's test split, computed once per session."""
+
+    paths: list[Path]
+    images: np.ndarray  # uint8, the one preprocessing
+    y: np.ndarray
+    probs: np.ndarray
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    if not SHARED.is_dir():
-        pytest.fail(f"shared data not found at {SHARED} (set EDGE_TRANSFER_SHARED)")
-    return SHARED
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"shared data not found at {SHARED_DATA} (set {SHARED_DATA_ENV})")
+    return SHARED_DATA
 
 
 @pytest.fixture(scope="session")
-def trained_run(tmp_path_factory, shared_data) -> Path:
-    """A real head-only model (shipped ImageNet backbone) trained on the 200 small flower photos."""
+def trained_run(tmp_path_factory) -> Path:
+    """A real head-only model trained in this process on the 200 shipped sample photos."""
+    from trainer.config import DataConfig, RunConfig
+    from trainer.train import run
+
     out = tmp_path_factory.mktemp("run") / "flowers_small"
-    result = run_cli("trainer", "train", "--data", str(SMALL_FLOWERS), "--out", str(out), "--seed", "7")
-    assert result.returncode == 0, result.stderr[-3000:]
+    run(RunConfig(DataConfig(str(SAMPLE_FLOWERS)), seed=TRAIN_SEED), out)
     return out
 
 
 @pytest.fixture(scope="session")
-def converted(trained_run, tmp_path_factory) -> Path:
-    """The session's trained run, converted to all four variants (gate passed)."""
-    from tests.helpers_run import converted_run
+def keras_test(trained_run) -> KerasOnTest:
+    import keras
 
-    run, result = converted_run(trained_run, tmp_path_factory.getbasetemp())
-    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    return run
+    from trainer.data import load_images, read_splits
+    from trainer.run_dir import RunDir
+
+    run = RunDir.open(trained_run)
+    splits = read_splits(trained_run)
+    paths = splits.paths("test")
+    images, ok, _ = load_images(paths, run.spec)
+    assert ok.all()
+    probs = keras.models.load_model(trained_run / "model.keras").predict(images.astype(np.float32), verbose=0)
+    return KerasOnTest(paths, images, splits.targets("test"), probs)
 
 
 @pytest.fixture(scope="session")
-def confident_photo(converted) -> tuple[Path, str, int]:
+def converted(trained_run, tmp_path_factory) -> Path:
+    """A copy of the session's run, converted in-process to every variant (test gate passed)."""
+    from trainer.parity import default_thresholds
+    from trainer.variants import MODES
+    from trainer.workflow import convert_run
+
+    out = copy_run(trained_run, tmp_path_factory.mktemp("converted") / "run")
+    report = convert_run(out, list(MODES), CALIBRATION_IMAGES, default_thresholds(**TEST_GATE), log=lambda line: None)
+    assert report.passed, report.table()
+    return out
+
+
+@pytest.fixture(scope="session")
+def confident_photo(keras_test) -> tuple[Path, str, int]:
     """The test photo Keras gets right with the highest probability (photo, label, index)."""
-    import keras
-    import numpy as np
-
-    from edge.preprocess import PreprocessSpec
-    from trainer.data import load_images, read_splits
-
-    splits = read_splits(converted)
-    images, ok, _ = load_images(splits.paths("test"), PreprocessSpec())
-    y = splits.targets("test")
-    probs = keras.models.load_model(converted / "model.keras").predict(images.astype(np.float32), verbose=0)
-    right = np.where(ok & (probs.argmax(1) == y))[0]
-    best = int(right[np.argmax(probs[right, y[right]])])
-    assert probs[best, y[best]] >= 0.8, "no test photo is classified with confidence"
-    return splits.paths("test")[best], splits.labels[y[best]], int(y[best])
+    k = keras_test
+    right = np.where(k.probs.argmax(1) == k.y)[0]
+    best = int(right[np.argmax(k.probs[right, k.y[right]])])
+    assert k.probs[best, k.y[best]] >= 0.8, "no test photo is classified with confidence"
+    labels = (Path(k.paths[best]).parent.name)
+    return k.paths[best], labels, int(k.y[best])

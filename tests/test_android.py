@@ -1,8 +1,8 @@
 """`python -m trainer android`: the bundle an Android app ships, checked before it is written.
 
 The bundle's model alone loads in MediaPipe Tasks' ImageClassifier (the engine of the README's
-Kotlin snippet) and names a real flower right; every refusal exits 2 with one line and leaves
-the destination folder byte for byte as it was.
+Kotlin snippet) and names a real flower right; every refusal is one BundleError line (exit 2 on
+the command line) and leaves the destination folder byte for byte as it was.
 """
 
 from __future__ import annotations
@@ -19,10 +19,8 @@ from pathlib import Path
 import pytest
 
 from tests.client_venvs import assert_top_category, client_classify
-from tests.conftest import run_cli
-from tests.helpers_run import copy_run
-
-pytestmark = pytest.mark.slow
+from tests.conftest import copy_run, run_cli
+from trainer import android as bundling
 
 BUNDLE = [".gitkeep", "README.md", "labels.txt", "manifest.json", "model.tflite"]
 
@@ -49,9 +47,7 @@ def android(run: Path, out: Path, variant: str = "int8") -> subprocess.Completed
 @pytest.fixture(scope="module")
 def bundle(converted, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("app") / "android_assets"
-    result = android(converted, out)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "model.tflite" in result.stdout
+    bundling.build(converted, "int8", out)
     return out
 
 
@@ -89,6 +85,7 @@ def test_bundle_has_the_files_and_a_manifest_that_matches_them(bundle, converted
         assert needle in readme, needle
 
 
+@pytest.mark.clients
 def test_the_bundled_model_alone_classifies_a_real_flower_in_mediapipe(bundle, confident_photo):
     photo, label, index = confident_photo
     categories = client_classify("mediapipe", bundle / "model.tflite", photo)
@@ -164,36 +161,32 @@ def refusal_runs(converted, tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize("case", list(REFUSALS))
-def test_refusals_exit_2_with_one_line_and_leave_the_folder_as_it_was(case, refusal_runs, bundle, tmp_path):
+def test_refusals_are_one_line_and_leave_the_folder_as_it_was(case, refusal_runs, bundle, tmp_path):
     dest = tmp_path / "android_assets"
     shutil.copytree(bundle, dest)
     (dest / "notes.txt").write_text("the app team's own file")  # an old folder with extra content
     before, siblings = tree_digest(dest), sorted(p.name for p in tmp_path.iterdir())
-    result = android(refusal_runs[case], dest)
-    assert result.returncode == 2, result.stdout + result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert REFUSALS[case][1] in lines[0]
+    with pytest.raises(bundling.BundleError) as info:
+        bundling.build(refusal_runs[case], "int8", dest)
+    assert REFUSALS[case][1] in str(info.value) and "\n" not in str(info.value)
     assert tree_digest(dest) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == siblings
 
 
-def test_a_refusal_creates_no_folder(refusal_runs, tmp_path):
+@pytest.mark.slow
+def test_cli_refusal_exits_2_with_one_line_and_creates_no_folder(refusal_runs, tmp_path):
     result = android(refusal_runs["parity_failed"], tmp_path / "new" / "android_assets")
-    assert result.returncode == 2
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "failed its parity gate" in lines[0]
     assert list(tmp_path.iterdir()) == []
-
-
-def test_unknown_variant_is_a_user_error(converted, tmp_path):
-    result = android(converted, tmp_path / "a", variant="int4")
+    result = android(refusal_runs["parity_failed"], tmp_path / "a", variant="int4")
     assert result.returncode == 2 and "--variant must be one of" in result.stderr
     assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("crash", ["while writing", "while swapping"])
 def test_a_crash_leaves_the_old_bundle_whole(crash, converted, bundle, tmp_path, monkeypatch):
-    from trainer import android as bundling
-
     dest = tmp_path / "android_assets"
     shutil.copytree(bundle, dest)
     (dest / "manifest.json").write_text('{"variant": "old"}')
@@ -213,3 +206,14 @@ def test_a_crash_leaves_the_old_bundle_whole(crash, converted, bundle, tmp_path,
         bundling.build(converted, "int8", dest)
     assert tree_digest(dest) == before
     assert [p.name for p in tmp_path.iterdir()] == ["android_assets"]
+
+
+def test_the_shipped_bundle_readme_is_the_template_filled_with_its_manifest():
+    """android_assets/README.md in the repo is exactly what the packaged template renders."""
+    from tests.paths import REPO
+
+    assets = REPO / "android_assets"
+    manifest = json.loads((assets / "manifest.json").read_text())
+    labels = (assets / "labels.txt").read_text().splitlines()
+    assert bundling.README_TEMPLATE.is_file()
+    assert bundling.readme(manifest, labels) == (assets / "README.md").read_text()

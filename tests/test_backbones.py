@@ -8,12 +8,13 @@ import pytest
 from PIL import Image
 
 from edge.preprocess import PreprocessSpec
-from tests.conftest import SHARED, SMALL_FLOWERS, run_cli
+from tests.conftest import run_cli
+from tests.paths import SHARED_DATA, SMALL_FLOWERS
 from trainer import data, features
 from trainer.backbones import SHIPPED_WEIGHTS, BackboneError, build_backbone
 from trainer.config import BackboneConfig
 
-SLIM = SHARED / "keras_mobilenet_v2" / "slim_npy_1.0_224"
+SLIM = SHARED_DATA / "keras_mobilenet_v2" / "slim_npy_1.0_224"
 
 
 def test_shipped_weights_equal_the_slim_arrays():
@@ -45,6 +46,7 @@ def _knn_accuracy(feats: np.ndarray, y: np.ndarray, k: int = 5) -> float:
     return float((votes == y).mean())
 
 
+@pytest.mark.slow
 def test_shipped_features_separate_flower_classes_and_random_init_does_not():
     classes, samples = data.scan(SMALL_FLOWERS)
     images, ok, _ = data.load_images([SMALL_FLOWERS / s.path for s in samples], PreprocessSpec())
@@ -113,6 +115,7 @@ def test_unknown_backbone_and_bad_weights_path_are_clear_errors():
         build_backbone(BackboneConfig(weights="/nonexistent/weights.h5"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["keras_app", "hub"])
 def test_other_backbones_train_end_to_end(tmp_path, kind):
     ds = _tiny_dataset(tmp_path / "ds")

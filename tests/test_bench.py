@@ -8,10 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
-from tests.helpers_run import copy_run
-
-pytestmark = pytest.mark.slow
+from tests.conftest import copy_run, run_cli
 
 MODES = ["float32", "float16", "dynamic", "int8"]
 EXPECTED = {"float32": "parity passed", "float16": "missing", "dynamic": "invalid", "int8": "parity FAILED"}
@@ -77,7 +74,7 @@ def test_bench_md_is_one_table_and_is_what_was_printed(benched):
     assert "\n".join(table) in stdout
 
 
-def test_bad_threads_is_a_one_line_user_error(converted):
-    result = run_cli("trainer", "bench", str(converted), "--threads", "0,2", timeout=60)
+def test_bad_threads_is_a_one_line_user_error(tmp_path):
+    result = run_cli("trainer", "bench", str(tmp_path), "--threads", "0,2", timeout=60)
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error: --threads") and len(result.stderr.strip().splitlines()) == 1

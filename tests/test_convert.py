@@ -1,5 +1,5 @@
 """`python -m trainer convert` on a real trained model: every variant, its promises, metadata,
-the legacy Pi runtime, atomic writes and one-line user errors."""
+the legacy Pi runtime and one-line user errors."""
 
 from __future__ import annotations
 
@@ -9,13 +9,10 @@ import numpy as np
 import pytest
 
 from edge.metadata import op_names, read_metadata, tensor_types
-from tests.conftest import run_cli
-from tests.helpers_run import copy_run
+from tests.conftest import CALIBRATION_IMAGES, TEST_GATE_FLAGS, copy_run, run_cli
 
 MODES = ["float32", "float16", "dynamic", "int8"]
 IO = {"float32": "float32", "float16": "float32", "dynamic": "float32", "int8": "uint8"}
-
-pytestmark = pytest.mark.slow
 
 
 def labels_of(run) -> list[str]:
@@ -24,7 +21,7 @@ def labels_of(run) -> list[str]:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_each_variant_has_the_dtypes_its_mode_promises(converted, mode):
-    from trainer.convert import inspect_model
+    from trainer.variants import inspect_model
 
     path = converted / f"model_{mode}.tflite"
     assert path.stat().st_size > 1_000_000
@@ -43,7 +40,7 @@ def test_sizes_shrink_with_quantization(converted):
 
 
 def test_int8_has_uint8_io_with_identity_input_quantization_and_only_integer_ops(converted):
-    from trainer.convert import inspect_model
+    from trainer.variants import inspect_model
 
     data = (converted / "model_int8.tflite").read_bytes()
     ops = op_names(data)
@@ -55,7 +52,7 @@ def test_int8_has_uint8_io_with_identity_input_quantization_and_only_integer_ops
 
 
 def test_verify_reports_a_file_that_breaks_its_modes_promises(converted):
-    from trainer.convert import MODES as TABLE, verify
+    from trainer.variants import MODES as TABLE, verify
 
     float_model = (converted / "model_float32.tflite").read_bytes()
     problems = " ".join(verify(float_model, TABLE["int8"]).problems)
@@ -75,10 +72,12 @@ def test_metadata_carries_our_labels_in_order_and_identity_normalization(convert
     assert meta.min_runtime_version  # the converter's entry survives the metadata rewrite
 
 
-def test_cli_logs_every_export_with_size_time_and_int8_input_quantization(converted, trained_run, tmp_path_factory):
-    from tests.helpers_run import converted_run
-
-    _, result = converted_run(trained_run, tmp_path_factory.getbasetemp())
+@pytest.mark.slow
+def test_cli_logs_every_export_with_size_time_and_int8_input_quantization(trained_run, tmp_path):
+    run = copy_run(trained_run, tmp_path / "run")
+    result = run_cli("trainer", "convert", str(run), "--mode", "all",
+                     "--calibration-images", str(CALIBRATION_IMAGES), *TEST_GATE_FLAGS)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     lines = [line for line in result.stdout.splitlines() if line.startswith("wrote ") and ".tflite" in line]
     assert [line.split("model_")[1].split(".tflite")[0] for line in lines] == MODES
     assert all(" MB, " in line and " s;" in line and "min runtime" in line for line in lines)
@@ -127,7 +126,8 @@ def test_tf_default_dynamic_range_model_would_not_load_in_tflite_runtime_2_14(co
     import tensorflow as tf
 
     from tests.client_venvs import run_client
-    from trainer.convert import Quantization, convert_model
+    from trainer.convert import convert_model
+    from trainer.variants import Quantization
     from trainer.data import read_splits
 
     class TfDefault(Quantization):
@@ -143,33 +143,8 @@ def test_tf_default_dynamic_range_model_would_not_load_in_tflite_runtime_2_14(co
     assert "FULLY_CONNECTED" in result.stderr and "12" in result.stderr
 
 
-def test_a_crash_while_writing_leaves_the_old_file_or_none(converted, tmp_path, monkeypatch):
-    """Kill the write between the bytes and the rename: final paths keep their old content (or
-    stay absent) and no temp file is left behind."""
-    from trainer import atomic, convert
-
-    run = copy_run(converted, tmp_path / "run")
-    old = (run / "model_float32.tflite").read_bytes()
-    (run / "model_float16.tflite").unlink()
-    calls = []
-
-    def crash(fd):
-        calls.append(fd)
-        raise KeyboardInterrupt("power cut")
-
-    monkeypatch.setattr(atomic.os, "fsync", crash)
-    with pytest.raises(KeyboardInterrupt):
-        convert.export(run, ["float32", "float16"], log=lambda line: None)
-    assert calls, "the write was never reached"
-    assert (run / "model_float32.tflite").read_bytes() == old
-    with pytest.raises(KeyboardInterrupt):
-        convert.export(run, ["float16"], log=lambda line: None)
-    assert not (run / "model_float16.tflite").exists()
-    assert not [p.name for p in run.iterdir() if p.name.startswith(".model_")]
-
-
 def test_calibration_choice_is_class_balanced_and_seeded(converted):
-    from trainer.convert import calibration_paths
+    from trainer.calibration import calibration_paths
     from trainer.data import read_splits
 
     splits = read_splits(converted)

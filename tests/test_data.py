@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from edge.preprocess import PreprocessSpec, load_rgb
-from tests.conftest import SMALL_FLOWERS, run_cli
+from tests.conftest import run_cli
+from tests.paths import SMALL_FLOWERS
 from trainer import data
 
 

@@ -7,18 +7,39 @@ import numpy as np
 import pytest
 
 from edge.metadata import InvalidModelError
-from edge.runtime import BACKEND_ENV, DelegateError, RuntimeMissingError, load_backend, make_interpreter, time_invoke
+from edge.benchmark import time_invoke
+from edge.runtime import BACKENDS, BACKEND_ENV, DelegateError, RuntimeMissingError, load_backend, make_interpreter
 from test_edge_support import AUTOML, CORAL_V2, SUPPORT
 
 NOMETA = SUPPORT / "mobilenet_v2_1.0_224_quant_nometadata.tflite"
 
 
-def test_forced_backend_is_used():
-    """The legacy-runtime test runs this file with EDGE_TRANSFER_BACKEND=tflite_runtime."""
-    model = make_interpreter(AUTOML, num_threads=1)
-    expected = os.environ.get(BACKEND_ENV)
-    assert model.backend == (expected or load_backend().name)
-    assert model.backend in ("ai_edge_litert", "tflite_runtime")
+def _installed_backends() -> list[str]:
+    names = []
+    for name in BACKENDS:
+        try:
+            load_backend(name)
+        except RuntimeMissingError:
+            continue
+        names.append(name)
+    return names
+
+
+def test_the_environment_variable_picks_a_backend_other_than_the_default(monkeypatch):
+    """Force the installed backend that would NOT be chosen by default (in the main venv
+    tensorflow, in the legacy venv the legacy runtime is forced by its test), and a missing one."""
+    monkeypatch.delenv(BACKEND_ENV, raising=False)
+    installed = _installed_backends()
+    default = load_backend().name
+    assert default == installed[0]
+    if len(installed) > 1:
+        monkeypatch.setenv(BACKEND_ENV, installed[-1])
+        assert make_interpreter(AUTOML, num_threads=1).backend == installed[-1] != default
+    missing = next(name for name in BACKENDS if name not in installed) if len(installed) < len(BACKENDS) else None
+    if missing:
+        monkeypatch.setenv(BACKEND_ENV, missing)
+        with pytest.raises(RuntimeMissingError, match=f"backend '{missing}' is not installed"):
+            make_interpreter(AUTOML)
 
 
 def test_unknown_backend_is_a_one_line_error():

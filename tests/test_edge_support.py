@@ -1,7 +1,7 @@
 """Shared helpers for the edge tests (kept here, not in the lead's conftest.py).
 
-Real data lives in ../shared/data (EDGE_TRANSFER_DATA overrides). The CLI runs as a subprocess
-of the current interpreter, so the same tests exercise whichever venv runs them.
+Real data: tests/paths.py. The CLI runs as a subprocess of the current interpreter, so the same
+tests exercise whichever venv runs them.
 """
 
 from __future__ import annotations
@@ -10,13 +10,9 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("EDGE_TRANSFER_DATA", REPO.parent / "shared" / "data"))
-CORAL = DATA / "coral"
-SUPPORT = DATA / "tflite_support"
-FLOWERS = DATA / "flower_photos_small"
+from tests.paths import CORAL, REPO, SUPPORT
+from tests.paths import SMALL_FLOWERS as FLOWERS
 CORAL_V2 = CORAL / "mobilenet_v2_1.0_224_quant.tflite"
 AUTOML = SUPPORT / "automl_labeler_model.tflite"
 FLOWER_NAMES = ["daisy", "dandelion", "roses", "sunflowers", "tulips"]

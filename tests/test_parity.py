@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import run_cli
-from tests.helpers_run import copy_run
+from tests.conftest import copy_run, run_cli
 from trainer.parity import Thresholds, compare, default_thresholds
 
 MODES = ["float32", "float16", "dynamic", "int8"]
@@ -59,7 +58,6 @@ def test_default_thresholds_match_the_documented_gate():
 
 
 # --------------------------------------------------------------------------- on the real run
-@pytest.mark.slow
 def test_parity_json_has_every_variant_and_its_fields(converted):
     report = json.loads((converted / "parity.json").read_text())
     assert report["split"] == "test" and report["n"] == 40 and report["passed"] is True
@@ -73,7 +71,6 @@ def test_parity_json_has_every_variant_and_its_fields(converted):
     assert report["variants"]["float32"]["thresholds"] == {"max_abs_dp": 1e-4}
 
 
-@pytest.mark.slow
 def test_float32_matches_keras_probabilities(converted):
     v = json.loads((converted / "parity.json").read_text())["variants"]
     assert v["float32"]["max_abs_dp"] <= 1e-4  # the real number is ~1e-6
@@ -81,19 +78,11 @@ def test_float32_matches_keras_probabilities(converted):
     assert v["float16"]["max_abs_dp"] <= 0.05
 
 
-@pytest.mark.slow
-def test_parity_numbers_match_an_independent_recomputation(converted):
+def test_parity_numbers_match_an_independent_recomputation(converted, keras_test):
     """Keras and the raw ai_edge_litert interpreter, without edge.classifier or trainer.parity."""
-    import keras
     from ai_edge_litert.interpreter import Interpreter
 
-    from edge.preprocess import PreprocessSpec
-    from trainer.data import load_images, read_splits
-
-    splits = read_splits(converted)
-    images, ok, _ = load_images(splits.paths("test"), PreprocessSpec())
-    y = splits.targets("test")
-    kp = keras.models.load_model(converted / "model.keras").predict(images.astype(np.float32), verbose=0)
+    images, y, kp = keras_test.images, keras_test.y, keras_test.probs
     interpreter = Interpreter(model_path=str(converted / "model_int8.tflite"))
     interpreter.allocate_tensors()
     inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
@@ -126,20 +115,17 @@ def test_gate_exits_1_when_a_threshold_is_impossibly_tight(converted, tmp_path):
     assert list(after["variants"]) == MODES
 
 
-@pytest.mark.slow
 def test_parity_falls_back_to_val_when_there_is_no_test_split(converted, tmp_path):
     from trainer.parity import held_out
+    from trainer.run_dir import RunDir
 
     run = copy_run(converted, tmp_path / "run")
     splits = json.loads((run / "splits.json").read_text())
     (run / "splits.json").write_text(json.dumps({**splits, "test": []}))
-    from edge.preprocess import PreprocessSpec
-
-    name, images, y = held_out(run, PreprocessSpec())
+    name, images, y = held_out(RunDir.open(run))
     assert name == "val" and len(images) == len(y) == len(splits["val"]) == 20
 
 
-@pytest.mark.slow
 def test_model_card_describes_data_metrics_and_every_variant(converted):
     card = json.loads((converted / "model_card.json").read_text())
     report = json.loads((converted / "report.json").read_text())

@@ -10,17 +10,8 @@ import numpy as np
 from tests.conftest import run_cli
 
 
-def test_edge_cli_float32_probabilities_equal_keras_on_the_test_split(converted):  
-    import keras
-
-    from edge.preprocess import PreprocessSpec
-    from trainer.data import load_images, read_splits
-
-    splits = read_splits(converted)
-    paths = splits.paths("test")
-    images, ok, _ = load_images(paths, PreprocessSpec())
-    assert ok.all()
-    keras_probs = keras.models.load_model(converted / "model.keras").predict(images.astype(np.float32), verbose=0)
+def test_edge_cli_float32_probabilities_equal_keras_on_the_test_split(converted, keras_test):
+    paths, keras_probs = keras_test.paths, keras_test.probs
 
     result = run_cli("edge", "classify", str(converted / "model_float32.tflite"), *map(str, paths),
                      "--json", "--top-k", "0")

@@ -1,3 +1,6 @@
+"""`python -m trainer ...` runs the trainer CLI."""
+
 from trainer.cli import main
 
-main()
+if __name__ == "__main__":
+    main()

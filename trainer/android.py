@@ -22,17 +22,22 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import hashlib
-import json
 import os
 import shutil
+import string
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge.benchmark import size_mb
+from edge.metadata import InvalidModelError, read_metadata, read_model_bytes
+from edge.runtime import RuntimeMissingError, make_interpreter
 from trainer import atomic
 from trainer.data import DataError
+from trainer.run_dir import LABELS, MODEL, PARITY, RunDir, sha256_bytes
+from trainer.variants import MODES
+from trainer.version import package_version
 
 MODEL_FILE = "model.tflite"
 LABELS_FILE = "labels.txt"
@@ -44,6 +49,7 @@ DEFAULT_OUT = Path("android_assets")
 # Versions the README's snippets were written against (any later release should do).
 MEDIAPIPE_ARTIFACT = "com.google.mediapipe:tasks-vision:0.10.14"
 TASK_LIBRARY_ARTIFACT = "org.tensorflow:tensorflow-lite-task-vision:0.4.4"
+README_TEMPLATE = Path(__file__).parent / "templates" / "android_README.md"
 
 
 class BundleError(DataError):
@@ -84,62 +90,41 @@ def runtime_banner_filtered():
                 print("\n".join(rest), file=sys.stderr)
 
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _package_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("edge-transfer")
-    except Exception:  # a source tree that is not installed
-        return "0.1.0"
-
-
-def _read_parity(run_dir: Path, variant: str, model_sha: str) -> tuple[dict, dict]:
+def _checked_parity(run: RunDir, variant: str, model_sha: str) -> tuple[dict, dict]:
     """(parity.json, its entry for ``variant``) when that entry is current and passed; else BundleError."""
-    path = run_dir / "parity.json"
-    if not path.is_file():
-        raise BundleError(f"{path} not found: run `python -m trainer convert {run_dir}` first "
+    path = run / PARITY
+    parity = run.parity()
+    if not parity.exists:
+        raise BundleError(f"{path} not found: run `python -m trainer convert {run.path}` first "
                           "(an unchecked model is not shipped)")
-    try:
-        parity = json.loads(path.read_text())
-        entry = parity["variants"][variant]
-    except (OSError, ValueError, KeyError, TypeError):
+    entry = parity.entry(variant)
+    if not entry:
         raise BundleError(f"{path} has no parity result for {variant}: run "
-                          f"`python -m trainer convert {run_dir} --mode {variant}`") from None
+                          f"`python -m trainer convert {run.path} --mode {variant}`")
     if entry.get("sha256") != model_sha:
         raise BundleError(f"{path} is stale: it checked a different model_{variant}.tflite (sha256 differs); "
-                          f"run `python -m trainer convert {run_dir} --mode {variant}` again")
-    keras = run_dir / "model.keras"
-    if parity.get("keras_sha256") and keras.is_file() and _sha256(keras.read_bytes()) != parity["keras_sha256"]:
-        raise BundleError(f"{path} was computed for a different model.keras: convert {run_dir} again")
+                          f"run `python -m trainer convert {run.path} --mode {variant}` again")
+    if (run / MODEL).is_file() and not parity.for_current_model():
+        raise BundleError(f"{path} was computed for a different model.keras: convert {run.path} again")
     if entry.get("passed") is not True or entry.get("failures"):
         why = "; ".join(entry.get("failures") or []) or "not marked passed"
         raise BundleError(f"{variant} failed its parity gate ({why}): ship a variant that passed "
                           "(see parity.json) or convert again")
-    return parity, entry
+    return parity.data, entry
 
 
 def plan(run_dir: str | Path, variant: str = "int8") -> Plan:
     """Read and check everything; raises BundleError (one line) on the first problem."""
-    from edge.metadata import InvalidModelError, read_metadata, read_model_bytes
-    from edge.runtime import RuntimeMissingError, make_interpreter
-    from trainer.convert import MODES, model_path
-
-    run_dir = Path(run_dir)
     if variant not in MODES:
         raise BundleError(f"--variant must be one of {', '.join(MODES)}, got {variant!r}")
-    if not run_dir.is_dir():
-        raise BundleError(f"{run_dir} is not a directory")
-    labels_path = run_dir / LABELS_FILE
-    if not labels_path.is_file():
-        raise BundleError(f"{labels_path} not found: is {run_dir} a training run directory?")
-    run_labels = labels_path.read_text(encoding="utf-8").splitlines()
-    source = model_path(run_dir, variant)
+    try:
+        run = RunDir.open(run_dir, require=(LABELS,))
+    except DataError as exc:
+        raise BundleError(str(exc)) from None
+    labels_path, run_labels = run / LABELS, run.labels
+    source = run.variant(variant)
     if not source.is_file():
-        raise BundleError(f"{source} not found: run `python -m trainer convert {run_dir} --mode {variant}` first")
+        raise BundleError(f"{source} not found: run `python -m trainer convert {run.path} --mode {variant}` first")
 
     try:
         data = read_model_bytes(source)
@@ -164,10 +149,10 @@ def plan(run_dir: str | Path, variant: str = "int8") -> Plan:
     if meta.labels != run_labels:
         raise BundleError(f"{source}: metadata labels {meta.labels} differ from {labels_path} {run_labels}")
 
-    sha = _sha256(data)
-    parity, entry = _read_parity(run_dir, variant, sha)
+    sha = sha256_bytes(data)
+    parity, entry = _checked_parity(run, variant, sha)
     manifest = _manifest(variant, source, data, sha, meta, loaded, parity, entry)
-    return Plan(run_dir, variant, source, data, list(meta.labels), manifest)
+    return Plan(run.path, variant, source, data, list(meta.labels), manifest)
 
 
 def _quantization(tensor) -> dict:
@@ -175,8 +160,6 @@ def _quantization(tensor) -> dict:
 
 
 def _manifest(variant, source: Path, data: bytes, sha: str, meta, loaded, parity: dict, entry: dict) -> dict:
-    from trainer.convert import MODES
-
     inp, out = loaded.input, loaded.output
     _, h, w, c = (list(inp.shape) + [1, 1, 1, 1])[:4]
     return {
@@ -184,7 +167,7 @@ def _manifest(variant, source: Path, data: bytes, sha: str, meta, loaded, parity
         "variant": variant,
         "summary": MODES[variant].summary,
         "model": {"file": MODEL_FILE, "source": source.name, "sha256": sha, "size_bytes": len(data),
-                  "size_mb": round(len(data) / 1e6, 2), "min_runtime_version": meta.min_runtime_version},
+                  "size_mb": size_mb(len(data)), "min_runtime_version": meta.min_runtime_version},
         "input": {
             "shape": [int(s) for s in inp.shape],
             "height": int(h), "width": int(w), "channels": int(c),
@@ -206,7 +189,7 @@ def _manifest(variant, source: Path, data: bytes, sha: str, meta, loaded, parity
         },
         "metadata": {"name": meta.name, "version": meta.version, "author": meta.author, "license": meta.license},
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "edge_transfer_version": _package_version(),
+        "edge_transfer_version": package_version(),
     }
 
 
@@ -219,7 +202,7 @@ def write_files(p: Plan, folder: Path) -> None:
     atomic.write_text(folder / README_FILE, readme(p.manifest, p.labels))
     for name in BUNDLE_FILES:
         os.chmod(folder / name, 0o644)  # atomic writes are 0600 (mkstemp); assets are for others to copy
-    if _sha256((folder / MODEL_FILE).read_bytes()) != p.manifest["model"]["sha256"]:
+    if sha256_bytes((folder / MODEL_FILE).read_bytes()) != p.manifest["model"]["sha256"]:
         raise OSError(f"{folder / MODEL_FILE} does not read back as written")
 
 
@@ -290,106 +273,16 @@ def readme(m: dict, labels: list[str]) -> str:
     agree = "n/a" if par.get("agreement") is None else f"{par['agreement']:.2f} %"
     delta = "n/a" if par.get("delta_acc") is None else f"{par['delta_acc']:+.2f} points"
     label_list = ", ".join(labels[:20]) + (", ..." if len(labels) > 20 else "")
-    return f"""# Android assets: {m['metadata']['name'] or 'image classifier'}
-
-Generated by `python -m trainer android RUN_DIR --variant {m['variant']}` (`make android`) on
-{m['created_at']}, edge-transfer {m['edge_transfer_version']}. Do not edit: run the command again.
-
-| file | what |
-|---|---|
-| `{MODEL_FILE}` | the `{m['variant']}` variant ({m['model']['source']}), {m['model']['size_mb']} MB, sha256 `{m['model']['sha256'][:16]}…`. Labels and normalization are **inside** the file (TFLite metadata). |
-| `{LABELS_FILE}` | the {m['labels']['count']} labels in output order, only needed with a plain `Interpreter` |
-| `{MANIFEST_FILE}` | machine-readable facts: input/output tensors, quantization, parity, hashes |
-
-## The model
-- Variant **{m['variant']}**: {m['summary']}.
-- Accuracy on {par.get('n')} held-out {par.get('split')} photos: **{pct(par.get('accuracy'))}**
-  (Keras model {pct(par.get('keras_accuracy'))}, change {delta}; same top-1 as Keras on {agree}).
-  Passed its parity gate ({_gate(par.get('thresholds') or {})}).
-- Classes ({m['labels']['count']}): {label_list}.
-- Input: {feed}. Color space {inp['color_space']}. MediaPipe and the Task Library resize any
-  bitmap to {inp['width']}×{inp['height']} themselves; give them the whole upright photo.
-- Output: {scores}
-- Needs a TFLite runtime ≥ {m['model']['min_runtime_version']}.
-
-## 1. Put the files in the app
-Copy `{MODEL_FILE}` (and `{LABELS_FILE}` if you use a plain Interpreter) to
-`app/src/main/assets/`. Keep the model uncompressed in the APK so it can be memory-mapped
-(Android Gradle Plugin 4.1+ already leaves `.tflite` alone; saying it costs nothing):
-
-```kotlin
-// app/build.gradle.kts
-android {{
-    androidResources {{ noCompress += "tflite" }}
-}}
-```
-```groovy
-// app/build.gradle, older plugin versions
-android {{
-    aaptOptions {{ noCompress "tflite" }}
-}}
-```
-
-## 2a. MediaPipe Tasks (recommended)
-Dependency: `implementation("{MEDIAPIPE_ARTIFACT}")` (or newer).
-
-```kotlin
-import android.content.Context
-import android.graphics.Bitmap
-import com.google.mediapipe.framework.image.BitmapImageBuilder
-import com.google.mediapipe.tasks.core.BaseOptions
-import com.google.mediapipe.tasks.vision.core.RunningMode
-import com.google.mediapipe.tasks.vision.imageclassifier.ImageClassifier
-
-fun makeClassifier(context: Context): ImageClassifier {{
-    val base = BaseOptions.builder().setModelAssetPath("{MODEL_FILE}").build()
-    val options = ImageClassifier.ImageClassifierOptions.builder()
-        .setBaseOptions(base)
-        .setRunningMode(RunningMode.IMAGE)
-        .setMaxResults(3)
-        .build()
-    return ImageClassifier.createFromOptions(context, options)
-}}
-
-// bitmap: ARGB_8888, upright. Call from a background thread; close() the classifier when done.
-fun topLabel(classifier: ImageClassifier, bitmap: Bitmap): Pair<String, Float>? {{
-    val result = classifier.classify(BitmapImageBuilder(bitmap).build())
-    val best = result.classificationResult().classifications().firstOrNull()
-        ?.categories()?.firstOrNull() ?: return null
-    return best.categoryName() to best.score()
-}}
-```
-For a camera feed use `RunningMode.LIVE_STREAM` with `setResultListener {{ result, image -> ... }}`
-and `classifier.classifyAsync(mpImage, timestampMs)`.
-
-## 2b. TensorFlow Lite Task Library
-Dependency: `implementation("{TASK_LIBRARY_ARTIFACT}")`.
-
-```kotlin
-import android.content.Context
-import android.graphics.Bitmap
-import org.tensorflow.lite.support.image.TensorImage
-import org.tensorflow.lite.task.core.BaseOptions
-import org.tensorflow.lite.task.vision.classifier.ImageClassifier
-
-fun makeClassifier(context: Context): ImageClassifier {{
-    val options = ImageClassifier.ImageClassifierOptions.builder()
-        .setBaseOptions(BaseOptions.builder().setNumThreads(2).build())
-        .setMaxResults(3)
-        .build()
-    return ImageClassifier.createFromFileAndOptions(context, "{MODEL_FILE}", options)
-}}
-
-fun topLabel(classifier: ImageClassifier, bitmap: Bitmap): Pair<String, Float>? {{
-    val best = classifier.classify(TensorImage.fromBitmap(bitmap))
-        .firstOrNull()?.categories?.firstOrNull() ?: return null
-    return best.label to best.score
-}}
-```
-
-## Notes
-- The scores are this model's softmax; it always names one of its {m['labels']['count']} classes, so
-  treat a low top score (e.g. below 0.5) as "not sure".
-- Check the asset is the one you expect: `sha256sum {MODEL_FILE}` must print `{m['model']['sha256']}`.
-- The same file runs on a desktop or Raspberry Pi with `python -m edge classify {MODEL_FILE} photo.jpg`.
-"""
+    values = {
+        "model_file": MODEL_FILE, "labels_file": LABELS_FILE, "manifest_file": MANIFEST_FILE,
+        "mediapipe_artifact": MEDIAPIPE_ARTIFACT, "task_library_artifact": TASK_LIBRARY_ARTIFACT,
+        "agree": agree, "delta": delta, "feed": feed, "scores": scores, "label_list": label_list,
+        "color_space": inp["color_space"], "height": inp["height"], "width": inp["width"],
+        "created_at": m["created_at"], "version": m["edge_transfer_version"], "label_count": m["labels"]["count"],
+        "title": m["metadata"]["name"] or "image classifier", "min_runtime": m["model"]["min_runtime_version"],
+        "sha256": m["model"]["sha256"], "sha256_short": m["model"]["sha256"][:16], "size_mb": m["model"]["size_mb"],
+        "source": m["model"]["source"], "summary": m["summary"], "variant": m["variant"],
+        "parity_n": par.get("n"), "parity_split": par.get("split"), "accuracy": pct(par.get("accuracy")),
+        "keras_accuracy": pct(par.get("keras_accuracy")), "gate": _gate(par.get("thresholds") or {}),
+    }
+    return string.Template(README_TEMPLATE.read_text(encoding="utf-8")).substitute(values).split("\n", 1)[1]

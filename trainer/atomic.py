@@ -8,8 +8,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
+
+TEMP_MARK = ".tmp-"
+# ".<final name>.tmp-<8 random chars><suffix>" (and the older ".<final name>.<8 random chars><suffix>")
+_TEMP_NAME = re.compile(r"^\..+\.(tmp-)?[a-z0-9_]{8}(\.\w+)?$")
+
+
+def is_temp_name(name: str) -> bool:
+    """Is this the name of a temp file :func:`atomic_path` makes?"""
+    return bool(_TEMP_NAME.match(name))
 
 
 @contextlib.contextmanager
@@ -17,7 +27,7 @@ def atomic_path(final: str | Path, suffix: str | None = None):
     """Yield a temp path next to ``final``; on success rename it into place, else delete it."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix or final.suffix, dir=final.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}{TEMP_MARK}", suffix=suffix or final.suffix, dir=final.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:

@@ -2,7 +2,7 @@
 
 `python -m trainer bench RUN_DIR [--threads 1,2] [--runs 50] [--warmup 5]`, in the manner of
 Ultralytics' benchmark: one row per variant of the converter's mode table
-(:data:`trainer.convert.MODES`), in its order, plus model.keras as the reference line.
+(:data:`trainer.variants.MODES`), in its order, plus model.keras as the reference line.
 
 status     how far the file got: missing (no file) < invalid (the runtime rejects it) < exported
            (loads, but breaks its mode's promises) < verified (dtypes/quantization/ops as promised)
@@ -10,8 +10,8 @@ status     how far the file got: missing (no file) < invalid (the runtime reject
            an entry for another file is "stale" and ignored).
 accuracy   top-1 on the held-out split and the change vs Keras, from parity.json (the numbers
            of the edge runtime on real photos); this command does not re-measure them.
-latency    bare set_tensor + invoke through the edge runtime (edge.runtime.make_interpreter /
-           time_invoke): seeded random input, fixed warmup and timed counts, per thread count;
+latency    bare set_tensor + invoke through the edge runtime (edge.benchmark.time_invoke, the
+           one benchmark core): seeded random input, fixed warmup and timed counts, per thread count;
            p50 / p90 ms and images/s (1000 / mean ms). The machine may be shared: compare rows
            of one table, not tables of different machines.
 """
@@ -19,16 +19,19 @@ latency    bare set_tensor + invoke through the edge runtime (edge.runtime.make_
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
-import json
 import os
 import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from edge.benchmark import size_mb, time_invoke
+from edge.metadata import InvalidModelError
+from edge.runtime import RuntimeMissingError, load_backend, make_interpreter
 from trainer import atomic
 from trainer.android import runtime_banner_filtered
 from trainer.data import DataError
+from trainer.run_dir import BENCH_JSON, BENCH_MD, MODEL, ParityFile, RunDir, sha256_bytes
+from trainer.variants import MODES, verify
 
 DEFAULT_THREADS = (1, 2)
 DEFAULT_RUNS = 50
@@ -52,7 +55,7 @@ class Row:
     agreement: float | None = None
     parity_passed: bool | None = None
     backend: str | None = None
-    latency: dict[str, dict] = field(default_factory=dict)  # str(threads) -> InvokeTiming.to_dict()
+    latency: dict[str, dict] = field(default_factory=dict)  # str(threads) -> edge.benchmark.Timing.to_dict()
     notes: list[str] = field(default_factory=list)
 
 
@@ -100,10 +103,6 @@ def _f(value, fmt: str) -> str:
     return "-" if value is None else fmt.format(value)
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def parse_threads(text: str) -> list[int]:
     """'1,2' -> [1, 2]; anything else is a user error."""
     try:
@@ -115,26 +114,15 @@ def parse_threads(text: str) -> list[int]:
     return list(dict.fromkeys(threads))
 
 
-def _read_parity(run_dir: Path) -> dict:
-    try:
-        return json.loads((run_dir / "parity.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def bench_variant(run_dir: Path, mode: str, parity: dict, threads: list[int], runs: int, warmup: int,
+def bench_variant(run: RunDir, mode: str, parity: ParityFile, threads: list[int], runs: int, warmup: int,
                   seed: int = 0) -> Row:
     """Status, size, parity numbers and invoke latency of one variant; never raises for a bad file."""
-    from edge.metadata import InvalidModelError
-    from edge.runtime import RuntimeMissingError, make_interpreter, time_invoke
-    from trainer.convert import MODES, model_path, verify
-
-    path = model_path(run_dir, mode)
+    path = run.variant(mode)
     row = Row(mode, path.name, MISSING)
     if not path.is_file():
         return row
     data = path.read_bytes()
-    row.size_bytes, row.size_mb = len(data), round(len(data) / 1e6, 2)
+    row.size_bytes, row.size_mb = len(data), size_mb(len(data))
     try:
         check = verify(data, MODES[mode]) if mode in MODES else None
     except (InvalidModelError, RuntimeMissingError, ValueError) as exc:
@@ -145,16 +133,15 @@ def bench_variant(run_dir: Path, mode: str, parity: dict, threads: list[int], ru
     if check is not None and not check.ok:
         row.notes.append("; ".join(check.problems))
 
-    entry = (parity.get("variants") or {}).get(mode)
-    if entry and entry.get("sha256") == hashlib.sha256(data).hexdigest():
+    stale = parity.staleness(mode, sha256_bytes(data))
+    if stale is None:
+        entry = parity.entry(mode)
         row.accuracy, row.delta_acc, row.agreement = entry.get("accuracy"), entry.get("delta_acc"), entry.get("agreement")
         row.parity_passed = bool(entry.get("passed"))
         if row.status == VERIFIED:
             row.status = PASSED if row.parity_passed else FAILED
-    elif entry:
-        row.notes.append("parity stale")
     else:
-        row.notes.append("no parity")
+        row.notes.append(stale)
 
     for t in threads:
         loaded = make_interpreter(data, num_threads=t)
@@ -166,30 +153,25 @@ def bench_variant(run_dir: Path, mode: str, parity: dict, threads: list[int], ru
 
 def run(run_dir: str | Path, threads: list[int] | tuple[int, ...] = DEFAULT_THREADS, runs: int = DEFAULT_RUNS,
         warmup: int = DEFAULT_WARMUP, seed: int = 0, log=None) -> BenchReport:
-    """Benchmark every variant of the converter's mode table (missing files are rows, not errors)."""
-    from edge.runtime import RuntimeMissingError, load_backend
-    from trainer.convert import MODES
-
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise DataError(f"{run_dir} is not a directory: give a training run directory")
+    """Benchmark every variant of the mode table (missing files are rows, not errors)."""
     if runs < 1 or warmup < 0:
         raise DataError(f"--runs must be >= 1 and --warmup >= 0, got {runs} and {warmup}")
+    run = RunDir.open(run_dir, require=())
     threads = list(threads)
-    parity = _read_parity(run_dir)
+    parity = run.parity()
     rows = []
     for mode in MODES:
         with runtime_banner_filtered():
-            row = bench_variant(run_dir, mode, parity, threads, runs, warmup, seed)
+            row = bench_variant(run, mode, parity, threads, runs, warmup, seed)
         rows.append(row)
         if log:
             lat = ", ".join(f"{t}T p50 {row.latency[str(t)]['p50_ms']:.2f} ms" for t in threads if str(t) in row.latency)
             log(f"{mode}: {row.status}" + (f", {lat}" if lat else ""))
-    keras_path = run_dir / "model.keras"
+    keras_path = run / MODEL
     keras = {"file": keras_path.name,
-             "size_mb": round(keras_path.stat().st_size / 1e6, 2) if keras_path.is_file() else None,
-             "accuracy": parity.get("keras_accuracy"), "parity_split": parity.get("split"),
-             "parity_n": parity.get("n")}
+             "size_mb": size_mb(keras_path.stat().st_size) if keras_path.is_file() else None,
+             "accuracy": parity.data.get("keras_accuracy"), "parity_split": parity.data.get("split"),
+             "parity_n": parity.data.get("n")}
     try:
         backend = load_backend().name
     except RuntimeMissingError:
@@ -200,13 +182,13 @@ def run(run_dir: str | Path, threads: list[int] | tuple[int, ...] = DEFAULT_THRE
     settings = {"threads": threads, "runs": runs, "warmup": warmup, "seed": seed,
                 "input": "seeded uniform random tensor of the model's input shape and dtype",
                 "timed": "set_tensor + invoke"}
-    return BenchReport(str(run_dir), settings, machine, keras, rows,
+    return BenchReport(str(run.path), settings, machine, keras, rows,
                        _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
 
 
 def write(run_dir: str | Path, report: BenchReport) -> tuple[Path, Path]:
     """RUN_DIR/bench.md and RUN_DIR/bench.json, each written atomically."""
     run_dir = Path(run_dir)
-    md = atomic.write_text(run_dir / "bench.md", report.markdown())
-    js = atomic.write_json(run_dir / "bench.json", report.to_dict())
+    md = atomic.write_text(run_dir / BENCH_MD, report.markdown())
+    js = atomic.write_json(run_dir / BENCH_JSON, report.to_dict())
     return md, js

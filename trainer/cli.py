@@ -128,18 +128,19 @@ def convert(
     """Export model_<mode>.tflite files with metadata, check them against model.keras (parity.json,
     exit 1 when a variant falls past its thresholds) and write the model card."""
     _quiet_tensorflow()
-    from trainer import convert as converting
     from trainer.parity import default_thresholds
+    from trainer.tflite import ConversionError
+    from trainer.variants import resolve_modes
+    from trainer.workflow import convert_run
 
     try:
-        modes = converting.resolve_modes(mode)
-        report = converting.run(
-            run_dir, modes, calibration_images,
+        report = convert_run(
+            run_dir, resolve_modes(mode), calibration_images,
             default_thresholds(float32_max_dp, float16_max_dp, min_delta_acc, min_agreement),
             seed=seed, threads=threads or None, author=author, license=license, log=typer.echo)
     except _user_errors() as exc:
         _fail(str(exc))
-    except converting.ConversionError as exc:
+    except ConversionError as exc:
         _fail(str(exc), 1)
     typer.echo(report.table())
     if not report.passed:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.preprocess import IMAGE_EXTENSIONS, PreprocessSpec, prepare
+from edge.preprocess import PreprocessSpec, list_images, prepare
 
 
 class DataError(ValueError):
@@ -72,14 +72,6 @@ def list_classes(root: Path) -> list[str]:
     if not root.is_dir():
         raise DataError(f"data directory not found: {root}")
     return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def list_images(folder: Path) -> list[Path]:
-    """Image files under folder (recursive, any-case extension, hidden files skipped), sorted."""
-    return sorted(
-        p for p in folder.rglob("*")
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
-    )
 
 
 def scan(root: str | Path) -> tuple[list[str], list[Sample]]:

@@ -6,28 +6,14 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.preprocess import PreprocessSpec
 from trainer import data, metrics
 from trainer.data import DataError
-
-
-def load_run(run_dir: str | Path):
-    """(keras model, labels, PreprocessSpec) of a run directory, with clear errors."""
-    import json
-
-    import keras
-
-    run_dir = Path(run_dir)
-    for name in ("model.keras", "labels.txt", "config.json"):
-        if not (run_dir / name).exists():
-            raise DataError(f"{run_dir / name} not found: is {run_dir} a training run directory?")
-    labels = (run_dir / "labels.txt").read_text(encoding="utf-8").splitlines()
-    spec = PreprocessSpec.from_dict(json.loads((run_dir / "config.json").read_text())["preprocess"])
-    return keras.models.load_model(run_dir / "model.keras"), labels, spec
+from trainer.run_dir import CONFIG, LABELS, MODEL, RunDir
 
 
 def evaluate_folder(run_dir: str | Path, folder: str | Path) -> dict:
-    model, labels, spec = load_run(run_dir)
+    run = RunDir.open(run_dir, require=(MODEL, LABELS, CONFIG))
+    labels = run.labels
     root = Path(folder)
     classes = data.list_classes(root)
     unknown = [c for c in classes if c not in labels]
@@ -37,7 +23,10 @@ def evaluate_folder(run_dir: str | Path, folder: str | Path) -> dict:
                for c in classes for p in data.list_images(root / c)]
     if not samples:
         raise DataError(f"no images found in {root}")
-    images, ok, errors = data.load_images([root / s.path for s in samples], spec, progress="decode")
+    images, ok, errors = data.load_images([root / s.path for s in samples], run.spec, progress="decode")
+    import keras
+
+    model = keras.models.load_model(run / MODEL)
     y = np.array([s.label for s in samples])[ok]
     probs = model.predict(images[ok].astype(np.float32), batch_size=32, verbose=0)
     result = metrics.classification_report(y, probs, labels)

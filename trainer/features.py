@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from trainer import atomic
+from trainer.tflite import ConversionError, run_converter
 
 
 def cache_dir() -> Path:
@@ -31,20 +32,11 @@ def feature_tflite(feature_model) -> Path | None:
     if path.exists():
         return path
     try:
-        data = quiet_convert(tf.lite.TFLiteConverter.from_keras_model(feature_model))
-    except Exception as exc:  # a base TFLite cannot express: Keras predict still works
+        data = run_converter(tf.lite.TFLiteConverter.from_keras_model(feature_model))
+    except ConversionError as exc:  # a base TFLite cannot express: Keras predict still works
         print(f"note: feature extractor did not convert to TFLite ({type(exc).__name__}); using Keras predict")
         return None
     return atomic.write_bytes(path, data)
-
-
-def quiet_convert(converter) -> bytes:
-    """converter.convert() without the pages of tensor listings Keras' export prints."""
-    import contextlib
-    import io
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        return converter.convert()
 
 
 def _tflite_features(path: Path, images: np.ndarray, threads: int, desc: str | None) -> np.ndarray:

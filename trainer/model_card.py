@@ -6,11 +6,13 @@ Built only from files in the run directory (config, splits, report, parity.json 
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
+from edge.benchmark import size_mb
 from trainer import atomic
+from trainer.run_dir import CONFIG, MODEL_CARD_JSON, MODEL_CARD_MD, REPORT, SPLITS, RunDir
+from trainer.variants import MODES, inspect_model
 
 INTENDED_USE = (
     "On-device classification of photos into the listed classes, for the kind of photos it was "
@@ -31,42 +33,34 @@ INPUT_CONTRACT = ("RGB, {h}x{w}, 0..255 values: float variants take them as floa
                   "Resize: {resize} (edge.preprocess).")
 
 
-def _json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 def variant_facts(path: Path) -> dict:
     """Size, dtypes, quantization and runtime requirements of one .tflite, read from the file."""
-    from trainer.convert import inspect_model
-
     raw = path.read_bytes()
     v = inspect_model(raw)
-    return {"file": path.name, "size_bytes": len(raw), "size_mb": round(len(raw) / 1e6, 2),
+    return {"file": path.name, "size_bytes": len(raw), "size_mb": size_mb(len(raw)),
             "input": v.input_dtype, "output": v.output_dtype, "input_quantization": list(v.input_quantization),
             "output_quantization": list(v.output_quantization), "min_runtime_version": v.min_runtime_version}
 
 
 def build(run_dir: str | Path) -> dict:
-    from trainer.convert import MODES, model_path
-
-    run_dir = Path(run_dir)
-    config, report, splits = (_json(run_dir / name) for name in ("config.json", "report.json", "splits.json"))
-    parity = _json(run_dir / "parity.json")
-    labels = (run_dir / "labels.txt").read_text(encoding="utf-8").splitlines()
+    run = RunDir.open(run_dir)
+    config, report, splits = (run.read(name) for name in (CONFIG, REPORT, SPLITS))
+    parity = run.parity()
+    labels = run.labels
     counts = {part: dict(sorted(Counter(labels[s["label"]] for s in splits.get(part, [])).items()))
               for part in ("train", "val", "test")}
     per_class = {c: sum(counts[p].get(c, 0) for p in counts) for c in labels}
     preprocess = config.get("preprocess", {})
     h, w = preprocess.get("size", [224, 224])
-    parity_variants = parity.get("variants", {})
     variants = {}
     for mode in MODES:
-        path = model_path(run_dir, mode)
+        path = run.variant(mode)
         if path.is_file():
+            entry = parity.current(mode)
             variants[mode] = {**variant_facts(path), "summary": MODES[mode].summary,
-                              "parity": {k: parity_variants[mode][k] for k in
+                              "parity": {k: entry.get(k) for k in
                                          ("accuracy", "delta_acc", "agreement", "max_abs_dp", "mean_abs_dp", "passed")}
-                              if mode in parity_variants else None}
+                              if entry else None}
     return {
         "name": f"edge-transfer {config.get('backbone', {}).get('name', 'mobilenet_v2')} classifier",
         "classes": labels,
@@ -78,7 +72,8 @@ def build(run_dir: str | Path) -> dict:
         "training": config.get("train"),
         "metrics": {part: {k: m.get(k) for k in ("n", "accuracy", "macro_f1", "per_class")}
                     for part, m in report.get("splits", {}).items()},
-        "parity": {k: parity.get(k) for k in ("split", "n", "keras_accuracy", "definitions")} if parity else None,
+        "parity": {k: parity.data.get(k) for k in ("split", "n", "keras_accuracy", "definitions")}
+        if parity.exists else None,
         "variants": variants,
         "intended_use": INTENDED_USE,
         "limitations": LIMITS,
@@ -122,5 +117,5 @@ def render_markdown(card: dict) -> str:
 def write(run_dir: str | Path) -> tuple[Path, Path]:
     card = build(run_dir)
     run_dir = Path(run_dir)
-    return (atomic.write_text(run_dir / "model_card.md", render_markdown(card)),
-            atomic.write_json(run_dir / "model_card.json", card))
+    return (atomic.write_text(run_dir / MODEL_CARD_MD, render_markdown(card)),
+            atomic.write_json(run_dir / MODEL_CARD_JSON, card))

@@ -17,15 +17,17 @@ Definitions (also written into parity.json):
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from edge.classifier import Classifier, ClassifierOptions
+from edge.postprocess import rank
 from trainer import atomic, data
 from trainer.data import DataError
+from trainer.run_dir import MODEL, PARITY, RunDir, sha256_file
+from trainer.variants import MODES
 
 DEFINITIONS = {
     "accuracy": "top-1 accuracy of the edge runtime (ties: lowest index)",
@@ -101,8 +103,6 @@ def top1_sets(probs: np.ndarray) -> np.ndarray:
 def compare(mode: str, path: Path, keras_probs: np.ndarray, tflite_probs: np.ndarray, y: np.ndarray,
             thresholds: Thresholds) -> VariantParity:
     """Parity numbers of one variant from the two probability matrices (pure numpy)."""
-    from edge.postprocess import rank
-
     keras_top = np.argmax(keras_probs, axis=1)
     edge_top = np.array([rank(p)[0] for p in tflite_probs], dtype=np.int64)
     tied = top1_sets(tflite_probs)
@@ -111,7 +111,7 @@ def compare(mode: str, path: Path, keras_probs: np.ndarray, tflite_probs: np.nda
     parity = VariantParity(
         mode=mode,
         file=path.name,
-        sha256=_sha256(path),
+        sha256=sha256_file(path),
         n=len(y),
         accuracy=round(float(np.mean(edge_top == y)), 4),
         delta_acc=round((float(np.mean(edge_top == y)) - float(np.mean(keras_top == y))) * 100, 3),
@@ -127,8 +127,6 @@ def compare(mode: str, path: Path, keras_probs: np.ndarray, tflite_probs: np.nda
 
 def tflite_probabilities(path: Path, images: np.ndarray, threads: int | None = None) -> np.ndarray:
     """Score vectors of the edge runtime (dequantized) for uint8 images: the one integration point."""
-    from edge.classifier import Classifier, ClassifierOptions
-
     return Classifier(ClassifierOptions(model=path, num_threads=threads)).probabilities(images)
 
 
@@ -138,12 +136,13 @@ def keras_probabilities(model, images: np.ndarray, batch: int = 32) -> np.ndarra
     return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), np.float32)
 
 
-def held_out(run_dir: Path, spec) -> tuple[str, np.ndarray, np.ndarray]:
+def held_out(run: RunDir, spec=None) -> tuple[str, np.ndarray, np.ndarray]:
     """(split name, uint8 images, labels) of the test split, else val when test is empty."""
-    splits = data.read_splits(run_dir)
+    splits = run.splits
+    spec = spec or run.spec
     name = "test" if splits.test else "val"
     if not splits.part(name):
-        raise DataError(f"{run_dir}/splits.json has no test or val photos to check parity on")
+        raise DataError(f"{run.path}/splits.json has no test or val photos to check parity on")
     images, ok, _ = data.load_images(splits.paths(name), spec)
     return name, images[ok], splits.targets(name)[ok]
 
@@ -180,15 +179,13 @@ def check(run_dir: str | Path, modes: list[str], thresholds: dict[str, Threshold
     """Run every requested variant and model.keras on the held-out photos and compare."""
     import keras
 
-    from trainer.convert import RunInfo, model_path
-
-    run = RunInfo.load(run_dir)
-    split, images, y = held_out(run.run_dir, spec or run.spec)
-    model = keras_model or keras.models.load_model(run.run_dir / "model.keras")
+    run = RunDir.open(run_dir)
+    split, images, y = held_out(run, spec)
+    model = keras_model or keras.models.load_model(run / MODEL)
     keras_probs = keras_probabilities(model, images)
     variants = []
     for mode in modes:
-        path = model_path(run.run_dir, mode)
+        path = run.variant(mode)
         if not path.is_file():
             raise DataError(f"{path} not found: run `python -m trainer convert {run_dir} --mode {mode}` first")
         variants.append(compare(mode, path, keras_probs, tflite_probabilities(path, images, threads), y,
@@ -200,28 +197,15 @@ def check(run_dir: str | Path, modes: list[str], thresholds: dict[str, Threshold
 def write(run_dir: str | Path, report: ParityReport) -> Path:
     """Write parity.json, keeping earlier entries of other variants that are still current (same
     model.keras, file unchanged), so converting one mode does not drop the others' numbers."""
-    path = Path(run_dir) / "parity.json"
+    run = RunDir(Path(run_dir))
     merged = {v.mode: v for v in report.variants}
-    previous = _read(path)
-    if previous and previous.get("keras_sha256") == report.keras_sha256 and previous.get("split") == report.split:
-        for mode, entry in previous.get("variants", {}).items():
-            file = Path(run_dir) / entry.get("file", "")
-            if mode not in merged and file.is_file() and _sha256(file) == entry.get("sha256"):
+    previous = run.parity()
+    if previous.data.get("keras_sha256") == report.keras_sha256 and previous.data.get("split") == report.split:
+        for mode in previous.data.get("variants", {}):
+            entry = previous.current(mode)
+            if mode not in merged and entry is not None:
                 merged[mode] = VariantParity.from_dict(entry)
-    from trainer.convert import MODES
-
     order = [m for m in MODES if m in merged] + [m for m in merged if m not in MODES]
     full = ParityReport(report.split, report.n, report.keras_accuracy, report.keras_sha256,
                         [merged[m] for m in order])
-    return atomic.write_json(path, full.to_dict())
-
-
-def _read(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return atomic.write_json(run / PARITY, full.to_dict())

@@ -1,316 +1,235 @@
-"""Training: stage 1 fits the head on cached backbone features, stage 2 optionally fine-tunes
-the top of the base (BatchNorm kept in inference mode). Writes the run directory."""
+"""`train` as stages with typed results: load dataset -> extract features -> fit head ->
+fine-tune -> evaluate -> write the run directory.
+
+Each stage is a function of its own that takes the previous stages' results, so one stage can be
+replaced (streaming data, a multi-worker fine-tune) without touching the others. :func:`run`
+only chains them and times them.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from edge.preprocess import PreprocessSpec
 from trainer import atomic, data, features, metrics, plots
-from trainer.backbones import Backbone, BackboneError, build_backbone
+from trainer.backbones import Backbone, build_backbone
 from trainer.config import RunConfig
+from trainer.fine_tune import fine_tune, without_optimizer
+from trainer.head import assemble, train_head, write_tensorboard
+from trainer.run_dir import CONFIG, LABELS, MODEL, REPORT, SPLITS, RunDir
+
+SPLIT_NAMES = ("train", "val", "test")
+MAX_MISTAKES = 48
 
 
-def write_tensorboard(logdir: Path, history: dict[str, list[float]]) -> None:
-    """Head curves as TensorBoard scalars (the head trains in its own loop, not via fit)."""
-    import tensorflow as tf
+@dataclass(frozen=True)
+class Dataset:
+    """Decoded photos (uint8, the one preprocessing) and the split; rows index ``images``."""
 
-    writer = tf.summary.create_file_writer(str(logdir))
-    with writer.as_default():
-        for key, values in history.items():
-            for epoch, value in enumerate(values):
-                tf.summary.scalar(key, value, step=epoch)
-    writer.close()
+    root: Path
+    spec: PreprocessSpec
+    splits: data.Splits
+    images: np.ndarray
+    rows: dict[str, np.ndarray]  # split name -> row indices into images
+    skipped: list[dict]
+
+    @property
+    def classes(self) -> list[str]:
+        return self.splits.labels
+
+    def images_of(self, split: str) -> np.ndarray:
+        return self.images[self.rows[split]]
+
+    def targets(self, split: str) -> np.ndarray:
+        return self.splits.targets(split)
+
+    @property
+    def eval_split(self) -> str:
+        return "test" if len(self.rows["test"]) else "val"
 
 
-def _one_hot(y: np.ndarray, n: int) -> np.ndarray:
-    return np.eye(n, dtype=np.float32)[y]
+@dataclass(frozen=True)
+class Features:
+    """Pooled backbone features per split; ``train_x/train_y`` include mirrored copies if asked."""
+
+    by_split: dict[str, np.ndarray]
+    train_x: np.ndarray
+    train_y: np.ndarray
 
 
-def _loss(cfg: RunConfig):
+@dataclass(frozen=True)
+class Trained:
+    """The assembled model and what each stage recorded."""
+
+    model: object
+    head: object
+    fine_tuned: bool
+    history: dict[str, dict[str, list[float]]]
+
+
+@dataclass
+class Timer:
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def add(self, key: str, since: float) -> None:
+        self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - since
+
+
+def load_dataset(cfg: RunConfig, timer: Timer) -> Dataset:
+    """Scan, decode once (bad files skipped and reported), split: before TensorFlow loads."""
+    spec = PreprocessSpec(size=(cfg.backbone.image_size, cfg.backbone.image_size))
+    root = Path(cfg.data.dir).resolve()
+    classes, candidates = data.scan(root)
+    t0 = time.perf_counter()
+    images, ok, errors = data.load_images([root / s.path for s in candidates], spec, progress="decode")
+    timer.add("decode_s", t0)
+    skipped = [{"path": s.path, "reason": errors[str(root / s.path)]} for s, good in zip(candidates, ok) if not good]
+    samples = [s for s, good in zip(candidates, ok) if good]
+    data.check_counts(classes, samples, cfg.data.min_per_class)
+    train, val, test = data.stratified_split(samples, len(classes), cfg.data.val_split, cfg.data.test_split, cfg.seed)
+    splits = data.Splits(str(root), classes, train, val, test, skipped)
+    row = {s.path: i for i, s in enumerate(samples)}
+    rows = {name: np.array([row[s.path] for s in splits.part(name)], np.int64) for name in SPLIT_NAMES}
+    return Dataset(root, spec, splits, images[ok], rows, skipped)
+
+
+def extract_features(cfg: RunConfig, backbone: Backbone, ds: Dataset, timer: Timer) -> Features:
+    """The frozen base runs once over every photo (cached TFLite copy, see trainer.features)."""
+    feature_model = backbone.feature_model()
+    timings: dict[str, float] = {}
+    feats = features.extract(feature_model, ds.images, cfg.train.threads or None, timings=timings)
+    by_split = {name: feats[ds.rows[name]] for name in SPLIT_NAMES}
+    train_x, train_y = by_split["train"], ds.targets("train")
+    if cfg.train.flip_features:
+        mirrored = np.ascontiguousarray(ds.images_of("train")[:, :, ::-1])
+        flipped = features.extract(feature_model, mirrored, cfg.train.threads or None, desc="features (mirrored)",
+                                   timings=timings)
+        train_x, train_y = np.concatenate([train_x, flipped]), np.concatenate([train_y, train_y])
+    timer.seconds.update({k: timer.seconds.get(k, 0.0) + v for k, v in timings.items()})
+    return Features(by_split, train_x, train_y)
+
+
+def fit(cfg: RunConfig, backbone: Backbone, ds: Dataset, feats: Features, out: Path, timer: Timer) -> Trained:
+    """Stage 1 (head on cached features), then stage 2 (fine-tuning) when configured."""
     import keras
 
-    return keras.losses.CategoricalCrossentropy(label_smoothing=cfg.train.label_smoothing)
-
-
-def _fit_head(cfg: RunConfig, l2: float, x_train, y_train, validation, n_classes: int, bar=None):
-    """One head fit: a compiled full-batch (or mini-batch) loop with early stopping on val loss.
-
-    A hand-written loop instead of `fit`: an epoch here is a single step of a few ms, and
-    Keras' per-epoch overhead would otherwise be 10x the work."""
-    import keras
-    import tensorflow as tf
-
-    t = cfg.train
-    head = keras.Sequential([
-        keras.Input((x_train.shape[1],)),
-        keras.layers.Dropout(t.dropout, seed=cfg.seed),
-        keras.layers.Dense(n_classes, activation="softmax", kernel_initializer="zeros",
-                           kernel_regularizer=keras.regularizers.L2(l2)),
-    ], name="head")
-    optimizer = keras.optimizers.Adam(t.learning_rate)
-    loss_fn = _loss(cfg)
-    class_weight = metrics.balanced_class_weights(y_train, n_classes) if t.class_weights else None
-    sample_w = np.array([class_weight[int(c)] for c in y_train], np.float32) if class_weight else np.ones(len(y_train), np.float32)
-    x_all, y_all, w_all = tf.constant(x_train), tf.constant(_one_hot(y_train, n_classes)), tf.constant(sample_w)
-    batch = t.batch_size or len(x_train)
-
-    @tf.function
-    def step(x, y, w):
-        with tf.GradientTape() as tape:
-            loss = loss_fn(y, head(x, training=True), sample_weight=w) + tf.add_n(head.losses)
-        grads = tape.gradient(loss, head.trainable_variables)
-        optimizer.apply_gradients(zip(grads, head.trainable_variables))
-        return loss
-
-    @tf.function
-    def evaluate(x, y):
-        p = head(x, training=False)
-        return loss_fn(y, p), tf.reduce_mean(tf.cast(tf.argmax(p, 1) == tf.argmax(y, 1), tf.float32))
-
-    rng = np.random.default_rng(cfg.seed)
-    history: dict[str, list[float]] = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
-    best, best_weights, since_best = np.inf, None, 0
-    for _ in range(t.epochs):
-        order = rng.permutation(len(x_train)) if batch < len(x_train) else None
-        for start in range(0, len(x_train), batch):
-            if order is None:
-                step(x_all, y_all, w_all)
-            else:
-                rows = order[start:start + batch]
-                step(tf.gather(x_all, rows), tf.gather(y_all, rows), tf.gather(w_all, rows))
-        train_loss, train_acc = evaluate(x_all, y_all)
-        history["loss"].append(float(train_loss))
-        history["accuracy"].append(float(train_acc))
-        monitored = float(train_loss)
-        if validation is not None:
-            val_loss, val_acc = evaluate(tf.constant(validation[0]), tf.constant(validation[1]))
-            history["val_loss"].append(float(val_loss))
-            history["val_accuracy"].append(float(val_acc))
-            monitored = float(val_loss)
-        if bar is not None:
-            bar.update(1)
-        if monitored < best - 1e-6:
-            best, best_weights, since_best = monitored, head.get_weights(), 0
-        else:
-            since_best += 1
-            if since_best > t.patience:
-                break
-    head.set_weights(best_weights)
-    return head, {k: v for k, v in history.items() if v}
-
-
-def _nll(head, x, y) -> float:
-    p = np.asarray(head(x, training=False))
-    return float(-np.mean(np.log(p[np.arange(len(y)), y] + 1e-12)))
-
-
-def train_head(cfg: RunConfig, x_train, y_train, x_val, y_val, n_classes: int):
-    """Softmax regression (Dropout + Dense) on pooled features.
-
-    Zero-initialised, full-batch by default: the problem is convex, so training is deterministic
-    and converges in a second or two; early stopping on validation loss ends each fit. The L2
-    strength is picked from `l2_grid` by validation log-loss (the one knob that matters here;
-    on tf_flowers its choice moves test accuracy more than seeds, epochs or dropout did).
-    Returns the best head and its history.
-    """
-    from tqdm.auto import tqdm
-
-    validation = (x_val, _one_hot(y_val, n_classes)) if len(x_val) else None
-    grid = cfg.train.l2_grid if validation else (sorted(cfg.train.l2_grid)[len(cfg.train.l2_grid) // 2],)
-    best = None
-    with tqdm(total=len(grid) * cfg.train.epochs, desc="head", unit="epoch") as bar:
-        for l2 in grid:
-            head, history = _fit_head(cfg, l2, x_train, y_train, validation, n_classes, bar)
-            score = _nll(head, x_val, y_val) if validation else 0.0
-            history["l2"] = [l2]
-            if best is None or score < best[0]:
-                best = (score, head, history)
-    return best[1], best[2]
-
-
-def assemble(backbone: Backbone, head, n_classes: int, dropout: float):
-    """One model: RGB 0..255 image -> normalization -> base (inference mode) -> GAP -> head."""
-    import keras
-
-    inputs = keras.Input((backbone.image_size, backbone.image_size, 3), name="image")
-    x = backbone.features(inputs, training=False)
-    x = keras.layers.Dropout(dropout, name="head_dropout")(x)
-    outputs = keras.layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
-    model = keras.Model(inputs, outputs, name="edge_transfer_classifier")
-    model.get_layer("probabilities").set_weights(head.layers[-1].get_weights())
-    return model
-
-
-def unfreeze_top(base, n_layers: int, from_layer: str | None) -> int:
-    """Make the top of the base trainable (BatchNorm excluded); returns the first trainable index."""
-    import keras
-
-    layers = base.layers
-    if from_layer:
-        names = [layer.name for layer in layers]
-        if from_layer not in names:
-            blocks = sorted({n for n in names if n.endswith("_expand") or n.startswith("Conv")})
-            raise BackboneError(f"no layer named {from_layer!r} in the base; block starts: {', '.join(blocks[-6:])}")
-        start = names.index(from_layer)
-    else:
-        if not 0 < n_layers <= len(layers):
-            raise BackboneError(f"--fine-tune-layers must be between 1 and {len(layers)}, got {n_layers}")
-        start = len(layers) - n_layers
-    base.trainable = True
-    for i, layer in enumerate(layers):
-        layer.trainable = i >= start and not isinstance(layer, keras.layers.BatchNormalization)
-    return start
-
-
-def _augmenter(seed: int):
-    import keras
-
-    return keras.Sequential([
-        keras.layers.RandomFlip("horizontal", seed=seed),
-        keras.layers.RandomZoom((-0.15, 0.0), seed=seed + 1, fill_mode="reflect"),
-        keras.layers.RandomTranslation(0.05, 0.05, seed=seed + 2, fill_mode="reflect"),
-        keras.layers.RandomBrightness(0.1, value_range=(0, 255), seed=seed + 3),
-    ], name="augment")
-
-
-def fine_tune(cfg: RunConfig, backbone: Backbone, model, images, y_train, val_images, y_val, n_classes, callbacks=()):
-    """Stage 2: low learning rate, augmentation, early stopping, best weights restored."""
-    import keras
-    import tensorflow as tf
-
-    t = cfg.train
-    if not backbone.fine_tunable:
-        raise BackboneError("this backbone (hub:PATH SavedModel) is inference-only: train without --fine-tune-layers")
-    unfreeze_top(backbone.base, t.fine_tune_layers, t.fine_tune_from)
-    model.compile(keras.optimizers.Adam(t.fine_tune_learning_rate), _loss(cfg), metrics=["accuracy"])
-    augment = _augmenter(cfg.seed)
-    train_ds = (tf.data.Dataset.from_tensor_slices((images, _one_hot(y_train, n_classes)))
-                .shuffle(len(images), seed=cfg.seed)
-                .batch(t.fine_tune_batch_size)
-                .map(lambda x, y: (augment(tf.cast(x, tf.float32), training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
-                .prefetch(tf.data.AUTOTUNE))
-    has_val = len(val_images) > 0
-    val_ds = (tf.data.Dataset.from_tensor_slices((val_images.astype(np.float32), _one_hot(y_val, n_classes)))
-              .batch(t.fine_tune_batch_size)) if has_val else None
-    stop = keras.callbacks.EarlyStopping(monitor="val_loss" if has_val else "loss", patience=t.fine_tune_patience,
-                                         restore_best_weights=True)
-    import sys
-
-    history = model.fit(train_ds, validation_data=val_ds, epochs=t.fine_tune_epochs,
-                        verbose=1 if sys.stderr.isatty() else 2,  # a bar on terminals, a line per epoch in logs
-                        class_weight=metrics.balanced_class_weights(y_train, n_classes) if t.class_weights else None,
-                        callbacks=[stop, *callbacks])
-    backbone.base.trainable = False
-    return history.history
-
-
-def without_optimizer(model):
-    """A copy of a compiled model with its weights but no optimizer state (nothing to warn about
-    when model.keras is loaded for inference)."""
-    import keras
-
-    fresh = keras.models.clone_model(model)
-    fresh.set_weights(model.get_weights())
-    return fresh
+    n = len(ds.classes)
+    t0 = time.perf_counter()
+    head, head_history = train_head(cfg, feats.train_x, feats.train_y, feats.by_split["val"], ds.targets("val"), n)
+    timer.add("head_s", t0)
+    if cfg.train.tensorboard:
+        write_tensorboard(out / "tensorboard" / "head", head_history)
+    history = {"head": head_history}
+    model = assemble(backbone, head, n, cfg.train.dropout)
+    fine_tuned = bool(cfg.train.fine_tune_layers or cfg.train.fine_tune_from)
+    if fine_tuned:
+        callbacks = []
+        if cfg.train.tensorboard:
+            callbacks.append(keras.callbacks.TensorBoard(log_dir=str(out / "tensorboard" / "fine_tune")))
+        t0 = time.perf_counter()
+        history["fine_tune"] = fine_tune(cfg, backbone, model, ds.images_of("train"), ds.targets("train"),
+                                         ds.images_of("val"), ds.targets("val"), n, callbacks)
+        model = without_optimizer(model)
+        timer.add("fine_tune_s", t0)
+    return Trained(model, head, fine_tuned, history)
 
 
 def predict(model, images: np.ndarray, batch: int = 32) -> np.ndarray:
-    return model.predict(images.astype(np.float32), batch_size=batch, verbose=0) if len(images) else np.zeros((0, model.output_shape[-1]))
+    if not len(images):
+        return np.zeros((0, model.output_shape[-1]), np.float32)
+    return model.predict(images.astype(np.float32), batch_size=batch, verbose=0)
+
+
+def evaluate(trained: Trained, ds: Dataset, feats: Features, timer: Timer) -> dict[str, np.ndarray]:
+    """Probabilities per split. A head-only model scores on the cached features (the same network:
+    the float32 TFLite base matches Keras to 1e-6); a fine-tuned one runs whole."""
+    t0 = time.perf_counter()
+    probs = {}
+    for name in SPLIT_NAMES:
+        if trained.fine_tuned:
+            probs[name] = predict(trained.model, ds.images_of(name))
+        else:
+            probs[name] = np.asarray(trained.head.predict(feats.by_split[name], verbose=0))
+    timer.add("evaluate_s", t0)
+    return probs
+
+
+def mistakes(ds: Dataset, probs: np.ndarray, split: str, limit: int = MAX_MISTAKES) -> list[dict]:
+    """The photos of ``split`` the model gets wrong, most confident first (for the report page)."""
+    y = ds.targets(split)
+    pred = np.argmax(probs, axis=1) if len(probs) else np.zeros(0, np.int64)
+    wrong = np.where(pred != y)[0]
+    wrong = wrong[np.argsort(-probs[wrong, pred[wrong]], kind="stable")][:limit]
+    samples = ds.splits.part(split)
+    return [{"split": split, "path": samples[i].path, "label": ds.classes[y[i]], "predicted": ds.classes[pred[i]],
+             "confidence": round(float(probs[i, pred[i]]), 4)} for i in wrong]
+
+
+def build_report(cfg: RunConfig, ds: Dataset, trained: Trained, probs: dict[str, np.ndarray], timer: Timer) -> dict:
+    ys = {name: ds.targets(name) for name in SPLIT_NAMES}
+    return {
+        "labels": ds.classes,
+        "counts": {name: len(ds.splits.part(name)) for name in SPLIT_NAMES},
+        "splits": {name: metrics.classification_report(ys[name], probs[name], ds.classes) for name in SPLIT_NAMES},
+        "skipped": ds.skipped,
+        "mistakes": mistakes(ds, probs[ds.eval_split], ds.eval_split),
+        "stages": {name: {"epochs": len(h.get("loss", [])),
+                          "best_val_loss": round(float(min(h["val_loss"])), 4) if h.get("val_loss") else None}
+                   for name, h in trained.history.items()},
+        "timings": {k: round(v, 2) for k, v in timer.seconds.items()},
+        "history": {stage: {k: [round(float(v), 5) for v in vs] for k, vs in h.items()}
+                    for stage, h in trained.history.items()},
+    }
+
+
+def write_inputs(cfg: RunConfig, ds: Dataset, out: Path) -> None:
+    """labels.txt, splits.json, config.json: what the run was given (written before training, so
+    a run that fails later still says what it tried)."""
+    atomic.write_text(out / LABELS, "\n".join(ds.classes) + "\n")
+    atomic.write_json(out / SPLITS, ds.splits.to_dict())
+    resolved = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dir=str(ds.root)))
+    atomic.write_json(out / CONFIG, {**resolved.to_dict(), "preprocess": ds.spec.to_dict(),
+                                     "model_input": "RGB uint8 values as float32, 0..255"})
+
+
+def write_outputs(out: Path, trained: Trained, ds: Dataset, probs: dict[str, np.ndarray], report: dict,
+                  timer: Timer) -> None:
+    """model.keras, report.json and the plots, each written atomically."""
+    t0 = time.perf_counter()
+    with atomic.atomic_path(out / MODEL) as tmp:
+        trained.model.save(tmp)
+    timer.add("save_s", t0)
+    report["timings"] = {k: round(v, 2) for k, v in timer.seconds.items()}
+    atomic.write_json(out / REPORT, report)
+    split = ds.eval_split
+    plots.training_curves(trained.history, out / "training_curves.png")
+    plots.confusion(np.array(report["splits"][split]["confusion_matrix"]), ds.classes, out / "confusion_matrix.png",
+                    title=f"{split} confusion matrix")
+    plots.prediction_grid(ds.images_of(split), ds.targets(split), probs[split], ds.classes, out / "predictions.png")
 
 
 def run(cfg: RunConfig, out: Path) -> dict:
     """The whole `train` command; returns the report (also written to out/report.json)."""
     t_start = time.perf_counter()
-    timings: dict[str, float] = {}
+    timer = Timer()
     out = Path(out)
-    spec = PreprocessSpec(size=(cfg.backbone.image_size, cfg.backbone.image_size))
-    root = Path(cfg.data.dir).resolve()
-
-    # data: scan, decode once (bad files skipped and reported), split; before TensorFlow loads
-    classes, candidates = data.scan(root)
-    t0 = time.perf_counter()
-    images, ok, errors = data.load_images([root / s.path for s in candidates], spec, progress="decode")
-    timings["decode_s"] = time.perf_counter() - t0
-    skipped = [{"path": s.path, "reason": errors[str(root / s.path)]} for s, good in zip(candidates, ok) if not good]
-    samples = [s for s, good in zip(candidates, ok) if good]
-    images = images[ok]
-    row = {s.path: i for i, s in enumerate(samples)}
-    data.check_counts(classes, samples, cfg.data.min_per_class)
-    train, val, test = data.stratified_split(samples, len(classes), cfg.data.val_split, cfg.data.test_split, cfg.seed)
+    ds = load_dataset(cfg, timer)
     import keras
 
     keras.utils.set_random_seed(cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
-    splits = data.Splits(str(root), classes, train, val, test, skipped)
-    idx = {name: np.array([row[s.path] for s in part], np.int64) for name, part in
-           (("train", train), ("val", val), ("test", test))}
-    ys = {name: splits.targets(name) for name in idx}
-    atomic.write_text(out / "labels.txt", "\n".join(classes) + "\n")
-    atomic.write_json(out / "splits.json", splits.to_dict())
-    resolved = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dir=str(root)))
-    atomic.write_json(out / "config.json", {**resolved.to_dict(), "preprocess": spec.to_dict(),
-                                            "model_input": "RGB uint8 values as float32, 0..255"})
-
-    # stage 1: features once, head on the cache
+    RunDir(out).clean_stale_temps()
+    write_inputs(cfg, ds, out)
     backbone = build_backbone(cfg.backbone)
-    feature_model = backbone.feature_model()
-    feats = features.extract(feature_model, images, cfg.train.threads or None, timings=timings)
-    x_train, y_train = feats[idx["train"]], ys["train"]
-    if cfg.train.flip_features:
-        flipped = features.extract(feature_model, np.ascontiguousarray(images[idx["train"]][:, :, ::-1]),
-                                   cfg.train.threads or None, desc="features (mirrored)", timings=timings)
-        x_train, y_train = np.concatenate([x_train, flipped]), np.concatenate([y_train, y_train])
-    callbacks = []
-    if cfg.train.tensorboard:
-        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(out / "tensorboard" / "fine_tune")))
-    t0 = time.perf_counter()
-    head, head_history = train_head(cfg, x_train, y_train, feats[idx["val"]], ys["val"], len(classes))
-    timings["head_s"] = time.perf_counter() - t0
-    history = {"head": head_history}
-    if cfg.train.tensorboard:
-        write_tensorboard(out / "tensorboard" / "head", head_history)
-    model = assemble(backbone, head, len(classes), cfg.train.dropout)
-    fine_tuned = bool(cfg.train.fine_tune_layers or cfg.train.fine_tune_from)
-    if fine_tuned:
-        t0 = time.perf_counter()
-        history["fine_tune"] = fine_tune(cfg, backbone, model, images[idx["train"]], ys["train"],
-                                         images[idx["val"]], ys["val"], len(classes), callbacks)
-        model = without_optimizer(model)
-        timings["fine_tune_s"] = time.perf_counter() - t0
-
-    # evaluation: head-only models score on the cached features (same network, float32 TFLite base)
-    t0 = time.perf_counter()
-    probs = {}
-    for name in ("train", "val", "test"):
-        probs[name] = predict(model, images[idx[name]]) if fine_tuned else head.predict(feats[idx[name]], verbose=0)
-    timings["evaluate_s"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    with atomic.atomic_path(out / "model.keras") as tmp:
-        model.save(tmp)
-    timings["save_s"] = time.perf_counter() - t0
-    timings["total_s"] = time.perf_counter() - t_start
-
-    report = {
-        "labels": classes,
-        "counts": {name: len(splits.part(name)) for name in ("train", "val", "test")},
-        "splits": {name: metrics.classification_report(ys[name], probs[name], classes) for name in probs},
-        "skipped": skipped,
-        "stages": {name: {"epochs": len(h.get("loss", [])),
-                          "best_val_loss": round(float(min(h["val_loss"])), 4) if h.get("val_loss") else None}
-                   for name, h in history.items()},
-        "timings": {k: round(v, 2) for k, v in timings.items()},
-        "history": {stage: {k: [round(float(v), 5) for v in vs] for k, vs in h.items()} for stage, h in history.items()},
-    }
-    atomic.write_json(out / "report.json", report)
-    plots.training_curves(history, out / "training_curves.png")
-    eval_split = "test" if len(idx["test"]) else "val"
-    plots.confusion(np.array(report["splits"][eval_split]["confusion_matrix"]), classes, out / "confusion_matrix.png",
-                    title=f"{eval_split} confusion matrix")
-    plots.prediction_grid(images[idx[eval_split]], ys[eval_split], probs[eval_split], classes, out / "predictions.png")
+    feats = extract_features(cfg, backbone, ds, timer)
+    trained = fit(cfg, backbone, ds, feats, out, timer)
+    probs = evaluate(trained, ds, feats, timer)
+    report = build_report(cfg, ds, trained, probs, timer)
+    timer.seconds["total_s"] = time.perf_counter() - t_start
+    write_outputs(out, trained, ds, probs, report, timer)
     return report

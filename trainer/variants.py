@@ -1,0 +1,160 @@
+"""The variant table: every TFLite export mode, what its file promises, and the check of a file.
+
+One table (:data:`MODES`, :class:`Quantization` values) drives option validation, converter
+settings, the promises each file is checked against, the export loop, the parity gate's
+defaults, the model card and the benchmark rows. It imports no TensorFlow at module level and
+nothing above it, so every command can depend on it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import numpy as np
+
+from edge.metadata import op_names, read_metadata
+from edge.runtime import make_interpreter
+from trainer.data import DataError
+
+INTEGER_TENSOR_TYPES = frozenset({"int8", "uint8", "int32"})
+# What the Task Library and MediaPipe accept as a quantized image input: raw pixels, i.e. the
+# uint8 value is the real value (scale 1, zero point 0); our model takes 0..255 RGB.
+IDENTITY_INPUT_QUANTIZATION = (1.0, 0)
+DEFAULT_CALIBRATION_IMAGES = 300
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """One export mode: how the converter is set up and what the resulting file promises.
+
+    weights: the storage type the mode promises for the big weight tensors.
+    io_dtype / output_dtype: the input and output tensor dtypes clients see.
+    integer_only: every op runs in integer arithmetic (no float tensors, no DEQUANTIZE).
+    """
+
+    mode: str
+    summary: str
+    weights: str
+    io_dtype: str = "float32"
+    output_dtype: str = "float32"
+    optimize: bool = False
+    calibrated: bool = False
+    integer_only: bool = False
+
+    @classmethod
+    def float32(cls) -> "Quantization":
+        return cls("float32", "float32 weights and math: the reference copy", weights="float32")
+
+    @classmethod
+    def float16(cls) -> "Quantization":
+        return cls("float16", "float16 weights, float32 math: half the size, same accuracy", weights="float16",
+                   optimize=True)
+
+    @classmethod
+    def dynamic(cls) -> "Quantization":
+        return cls("dynamic", "int8 weights, float I/O (dynamic-range): a quarter of the size", weights="int8",
+                   optimize=True)
+
+    @classmethod
+    def int8(cls, float_output: bool = False) -> "Quantization":
+        """Full integer with uint8 input and output: Android's Task Library and MediaPipe reject int8
+        I/O. ``float_output`` (an experiment) keeps a float32 output behind one DEQUANTIZE."""
+        return cls("int8", "all-integer math, uint8 in / uint8 out: Edge TPU, NNAPI, microcontrollers",
+                   weights="int8", io_dtype="uint8", output_dtype="float32" if float_output else "uint8",
+                   optimize=True, calibrated=True, integer_only=not float_output)
+
+    def configure(self, converter, representative: Callable | None = None) -> None:
+        """Set a tf.lite.TFLiteConverter up for this mode."""
+        import tensorflow as tf
+
+        if self.optimize:
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if self.weights == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        if self.mode == "dynamic":
+            # TF >= 2.16 quantizes dense layers per channel (FULLY_CONNECTED version 12), which
+            # tflite-runtime 2.14 (the Raspberry Pi wheel) cannot load; per-tensor keeps it loadable.
+            converter._experimental_disable_per_channel_quantization_for_dense_layers = True
+        if self.calibrated:
+            if representative is None:
+                raise ValueError(f"{self.mode} needs calibration images")
+            converter.representative_dataset = representative
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.inference_input_type = tf.as_dtype(self.io_dtype)
+            converter.inference_output_type = tf.as_dtype(self.output_dtype)
+
+
+MODES: dict[str, Quantization] = {q.mode: q for q in (
+    Quantization.float32(), Quantization.float16(), Quantization.dynamic(), Quantization.int8())}
+
+
+def resolve_modes(mode: str) -> list[str]:
+    """"all" or one mode name -> mode names in table order; a bad name is a user error."""
+    if mode == "all":
+        return list(MODES)
+    if mode not in MODES:
+        raise DataError(f"--mode must be one of {', '.join(MODES)} or all, got {mode!r}")
+    return [mode]
+
+
+@dataclass(frozen=True)
+class Verification:
+    """What a converted file actually is, and how it falls short of its mode's promises."""
+
+    input_dtype: str
+    output_dtype: str
+    input_quantization: tuple[float, int]
+    output_quantization: tuple[float, int]
+    ops: dict[str, int]
+    tensor_types: dict[str, int]
+    min_runtime_version: str | None
+    problems: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "problems": list(self.problems)}
+
+
+def inspect_model(model_bytes: bytes) -> Verification:
+    """Read dtypes, quantization, ops and the converter's min_runtime_version of a model."""
+    loaded = make_interpreter(model_bytes, num_threads=1)
+    tensors = Counter(str(np.dtype(d["dtype"])) for d in loaded.interpreter.get_tensor_details())
+    return Verification(
+        input_dtype=str(loaded.input.dtype),
+        output_dtype=str(loaded.output.dtype),
+        input_quantization=loaded.input.quantization,
+        output_quantization=loaded.output.quantization,
+        ops=dict(sorted(Counter(op_names(model_bytes)).items())),
+        tensor_types=dict(sorted(tensors.items())),
+        min_runtime_version=read_metadata(model_bytes).min_runtime_version,
+    )
+
+
+def verify(model_bytes: bytes, quant: Quantization) -> Verification:
+    """Check a converted file against what its mode promises; problems are listed, not raised."""
+    v = inspect_model(model_bytes)
+    problems = []
+    if v.input_dtype != quant.io_dtype:
+        problems.append(f"input is {v.input_dtype}, expected {quant.io_dtype}")
+    if v.output_dtype != quant.output_dtype:
+        problems.append(f"output is {v.output_dtype}, expected {quant.output_dtype}")
+    if quant.weights in ("float16", "int8") and not v.tensor_types.get(quant.weights):
+        problems.append(f"no {quant.weights} weight tensors")
+    if quant.weights == "float32" and set(v.tensor_types) - {"float32", "int32"}:
+        problems.append(f"unexpected tensor types {sorted(v.tensor_types)}")
+    if quant.integer_only:
+        floats = sorted(set(v.tensor_types) - INTEGER_TENSOR_TYPES)
+        if floats:
+            problems.append(f"not integer-only: {', '.join(floats)} tensors")
+        if "DEQUANTIZE" in v.ops:
+            problems.append("not integer-only: DEQUANTIZE op")
+    if quant.io_dtype == "uint8" and v.input_quantization != IDENTITY_INPUT_QUANTIZATION:
+        problems.append(f"input quantization {v.input_quantization} is not (1.0, 0): raw pixels would be misread")
+    if v.min_runtime_version is None:
+        problems.append("no min_runtime_version recorded")
+    return Verification(**{**asdict(v), "problems": tuple(problems)})
