@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from trainer import atomic
-from trainer.android import runtime_banner_filtered
+from edge.quiet import runtime_info_filtered as runtime_banner_filtered
 from trainer.data import DataError
 
 DEFAULT_THREADS = (1, 2)
