@@ -10,7 +10,7 @@ import pytest
 from test_edge_support import AUTOML, CORAL_V2, FLOWERS, REPO, run_edge, stderr_lines
 
 EDGE_MODULES = ["edge", "edge.runtime", "edge.metadata", "edge.preprocess", "edge.postprocess",
-                "edge.classifier", "edge.camera", "edge.cli"]
+                "edge.classifier", "edge.camera", "edge.quiet", "edge.cli"]
 
 
 @pytest.fixture()

@@ -28,6 +28,7 @@ EDGE_TEST_FILES = [
     "tests/test_edge_upstream.py",
     "tests/test_edge_cli.py",
     "tests/test_edge_camera.py",
+    "tests/test_edge_quiet.py",
 ]
 
 
