@@ -212,3 +212,9 @@ def test_save_into_a_missing_folder_is_one_line_exit_2(flower_clip, tmp_path):
     assert proc.returncode == 2 and proc.stderr.splitlines() == [f"error: cannot write {tmp_path / 'no' / 'x.mp4'}: "
                                                                  "No such file or directory"]
     assert proc.stdout == ""
+
+
+def test_a_name_opencv_cannot_encode_is_a_camera_error_and_leaves_nothing(rose_video, tmp_path):
+    with pytest.raises(CameraError, match=r"as mp4v video \(use a \.mp4 name\)"):
+        run(Recorder(), open_source(str(rose_video)), renderers=[VideoRenderer(tmp_path / "out.xyz", 10)])
+    assert list(tmp_path.iterdir()) == []
