@@ -17,10 +17,13 @@ help:
 	@echo "make bench [RUN=dir]              size / accuracy / latency table for every variant"
 	@echo "make test                         the whole test suite (builds client venvs once)"
 
+# scripts/quiet_pip.py: pip minus known third-party noise; a failing pip prints everything, exits non-zero
+PIP    := $(PY) scripts/quiet_pip.py install -q --disable-pip-version-check
+
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[train,camera,dev]"
+	$(PIP) --upgrade pip
+	$(PIP) -e ".[train,camera,dev]"
 	touch $@
 
 setup: $(VENV)/.installed

@@ -1,18 +1,24 @@
 """Live classification of camera or video frames: capture -> classify -> render, kept apart.
 
 Capture is picamera2 on a Raspberry Pi camera when it is importable and the source is a camera
-index, else OpenCV (USB cameras and video files). Rendering is either an OpenCV window with an
-overlay or one text line per frame (``--headless``). Ctrl-C ends the loop cleanly.
+index, else OpenCV (USB cameras and video files). Renderers: an OpenCV window with an overlay,
+one text line per frame (``--headless``), one JSON object per frame (``--json``), and the
+annotated frames written to a video file (``--save``, alongside any of the others). Ctrl-C
+ends the loop cleanly, and a saved video is then still complete up to that frame.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 import sys
+import tempfile
 import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TextIO
 
 import numpy as np
@@ -20,6 +26,7 @@ import numpy as np
 from edge.postprocess import Category
 
 WINDOW = "edge-transfer"
+DEFAULT_SAVE_FPS = 30.0  # a --save video's frame rate when the source does not report one (cameras)
 
 
 class CameraError(RuntimeError):
@@ -37,6 +44,7 @@ class OpenCVSource:
         self._capture = cv2.VideoCapture(source)
         if not self._capture.isOpened():
             raise CameraError(f"cannot open video source {source!r}")
+        self.fps = float(self._capture.get(cv2.CAP_PROP_FPS) or 0.0)  # 0: unknown (many cameras)
 
     def frames(self) -> Iterator[np.ndarray]:
         while True:
@@ -51,6 +59,8 @@ class OpenCVSource:
 
 class Picamera2Source:
     """Frames from a Raspberry Pi camera through picamera2, as RGB uint8 arrays."""
+
+    fps = 0.0  # unknown: the camera delivers as fast as it can
 
     def __init__(self, size: tuple[int, int] = (640, 480)):
         from picamera2 import Picamera2
@@ -96,6 +106,33 @@ class FpsMeter:
         return (len(self._stamps) - 1) / span if span > 0 else 0.0
 
 
+@dataclass(frozen=True)
+class FrameResult:
+    """What the loop learned about one frame; every renderer gets the same one."""
+
+    number: int
+    categories: tuple[Category, ...]
+    fps: float = 0.0
+    preprocess_ms: float = 0.0
+    inference_ms: float = 0.0
+
+
+def classify_timed(classifier, frame: np.ndarray) -> tuple[list[Category], float, float]:
+    """(categories, preprocess_ms, inference_ms), split as `edge classify --json` reports them:
+    resize + quantize, then invoke + rank. A stand-in with only ``classify_image`` counts it all
+    as inference."""
+    start = time.perf_counter()
+    if hasattr(classifier, "input_tensor"):  # edge.classifier.Classifier
+        tensor = classifier.input_tensor(frame)
+        middle = time.perf_counter()
+        categories = classifier.categorize(classifier.run(tensor))
+    else:
+        middle = start
+        categories = classifier.classify_image(frame)
+    end = time.perf_counter()
+    return categories, (middle - start) * 1000, (end - middle) * 1000
+
+
 # ------------------------------------------------------------------------------------ render
 def describe(frame_number: int, categories: list[Category], fps: float) -> str:
     """The headless text line for one frame."""
@@ -122,8 +159,8 @@ class TextRenderer:
     def __init__(self, out: TextIO = sys.stdout):
         self.out = out
 
-    def show(self, frame_number: int, frame: np.ndarray, categories: list[Category], fps: float) -> bool:
-        print(describe(frame_number, categories, fps), file=self.out, flush=True)
+    def show(self, frame: np.ndarray, result: FrameResult) -> bool:
+        print(describe(result.number, result.categories, result.fps), file=self.out, flush=True)
         return True
 
     def close(self) -> None:
@@ -142,38 +179,153 @@ class WindowRenderer:
         except cv2.error:
             raise CameraError("this OpenCV build has no windows (opencv-python-headless?); use --headless") from None
 
-    def show(self, frame_number: int, frame: np.ndarray, categories: list[Category], fps: float) -> bool:
-        self._cv2.imshow(WINDOW, draw_overlay(frame, categories, fps))
+    def show(self, frame: np.ndarray, result: FrameResult) -> bool:
+        self._cv2.imshow(WINDOW, draw_overlay(frame, result.categories, result.fps))
         return self._cv2.waitKey(1) & 0xFF not in (ord("q"), 27)
 
     def close(self) -> None:
         self._cv2.destroyAllWindows()
 
 
+def frame_json(result: FrameResult, source: str) -> dict:
+    """One frame as `edge classify --json` reports one image ("path" is the source), plus the
+    frame number and the FPS."""
+    cats = result.categories
+    return {
+        "frame": result.number,
+        "path": source,
+        "indices": [c.index for c in cats],
+        "labels": [c.label for c in cats],
+        "scores": [round(c.score, 6) for c in cats],
+        "latency_ms": round(result.inference_ms, 3),
+        "preprocess_ms": round(result.preprocess_ms, 3),
+        "fps": round(result.fps, 2),
+    }
+
+
+class JsonRenderer:
+    """One JSON object a line per frame, and nothing else, on a text stream."""
+
+    def __init__(self, source: str, out: TextIO = sys.stdout):
+        self.source, self.out = source, out
+
+    def show(self, frame: np.ndarray, result: FrameResult) -> bool:
+        print(json.dumps(frame_json(result, self.source)), file=self.out, flush=True)
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+class VideoRenderer:
+    """The annotated frames (draw_overlay) into a video file, OpenCV VideoWriter, mp4v.
+
+    Written to a hidden temp file in the same folder and renamed over ``path`` in close(), which
+    the loop calls on every exit (end, q, Ctrl-C, error): the final path holds a finished,
+    playable video or nothing, never a half-written one. No frames: no file.
+    """
+
+    FOURCC = "mp4v"
+
+    def __init__(self, path: str | os.PathLike, fps: float = DEFAULT_SAVE_FPS):
+        import cv2
+
+        self._cv2 = cv2
+        self.path = Path(path)
+        self.fps = fps if fps and fps > 0 else DEFAULT_SAVE_FPS
+        self.frames = 0
+        self._writer = None
+        try:
+            fd, temp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=self.path.suffix,
+                                        dir=self.path.parent)
+        except OSError as exc:
+            raise CameraError(f"cannot write {self.path}: {exc.strerror}") from None
+        os.close(fd)
+        self._temp = Path(temp)
+
+    def show(self, frame: np.ndarray, result: FrameResult) -> bool:
+        canvas = draw_overlay(frame, result.categories, result.fps)
+        if self._writer is None:
+            height, width = canvas.shape[:2]
+            self._writer = self._cv2.VideoWriter(str(self._temp), self._cv2.VideoWriter_fourcc(*self.FOURCC),
+                                                 self.fps, (width, height))
+            if not self._writer.isOpened():
+                raise CameraError(f"cannot write {self.path} as {self.FOURCC} video (use a .mp4 name)")
+        self._writer.write(canvas)
+        self.frames += 1
+        return True
+
+    def close(self) -> None:
+        try:
+            if self._writer is not None:
+                self._writer.release()  # writes the index: the file is playable from here on
+            if self.frames:
+                os.chmod(self._temp, 0o644)  # mkstemp made it 0600
+                os.replace(self._temp, self.path)
+        finally:
+            self._temp.unlink(missing_ok=True)
+
+
+def make_renderers(headless: bool = False, as_json: bool = False, save: str | os.PathLike | None = None,
+                   source: str = "", fps: float = 0.0, out: TextIO = sys.stdout) -> list:
+    """--json: JSON lines only (no window); --headless: text lines; else a window. --save adds
+    the video file to any of them (``fps``: the source's rate, 0 if unknown)."""
+    renderers: list = []
+    try:
+        if as_json:
+            renderers.append(JsonRenderer(source, out))
+        elif headless:
+            renderers.append(TextRenderer(out))
+        else:
+            renderers.append(WindowRenderer())
+        if save is not None:
+            renderers.append(VideoRenderer(save, fps))
+    except CameraError:
+        close_all(renderers)
+        raise
+    return renderers
+
+
+def close_all(closeables) -> None:
+    """Close each one even if an earlier close raises (the first error is re-raised)."""
+    error = None
+    for item in closeables:
+        try:
+            item.close()
+        except Exception as exc:
+            error = error or exc
+    if error is not None:
+        raise error
+
+
 # ------------------------------------------------------------------------------------ loop
-def run(classifier, source, headless: bool = False, max_frames: int = 0, out: TextIO = sys.stdout) -> int:
+def run(classifier, source, headless: bool = False, max_frames: int = 0, out: TextIO = sys.stdout,
+        renderers: list | None = None) -> int:
     """Capture, classify and render until the source ends, max_frames, q, or Ctrl-C.
 
     Returns the number of frames classified. ``classifier`` needs only ``classify_image``.
+    ``renderers`` (see make_renderers) default to text lines (headless) or a window. The
+    source and every renderer are closed on the way out, whatever the reason.
     """
-    try:
-        renderer = TextRenderer(out) if headless else WindowRenderer()
-    except CameraError:
-        source.close()
-        raise
+    if renderers is None:
+        try:
+            renderers = make_renderers(headless=headless, out=out)
+        except CameraError:
+            source.close()
+            raise
     meter = FpsMeter()
     count = 0
     try:
         for frame in source.frames():
-            categories = classifier.classify_image(frame)
+            categories, preprocess_ms, inference_ms = classify_timed(classifier, frame)
             count += 1
-            if not renderer.show(count, frame, categories, meter.tick()):
+            result = FrameResult(count, tuple(categories), meter.tick(), preprocess_ms, inference_ms)
+            if not all([renderer.show(frame, result) for renderer in renderers]):  # each one sees it
                 break
             if max_frames and count >= max_frames:
                 break
     except KeyboardInterrupt:
         pass
     finally:
-        source.close()
-        renderer.close()
+        close_all([source, *renderers])
     return count

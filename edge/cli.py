@@ -135,6 +135,8 @@ def camera(
     model: Path = typer.Argument(..., help="The .tflite model."),
     source: str = typer.Option("0", "--source", help="Camera index or a video file."),
     headless: bool = typer.Option(False, "--headless", help="Print one line a frame instead of a window."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object a frame on stdout, nothing else (no window)."),
+    save: Optional[Path] = typer.Option(None, "--save", help="Also write the annotated frames to this .mp4 (mp4v)."),
     top_k: int = typer.Option(3, "--top-k", "-k", help="Categories per frame."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Interpreter threads (default: all cores)."),
     max_frames: int = typer.Option(0, "--max-frames", help="Stop after N frames (0: until the source ends)."),
@@ -149,10 +151,16 @@ def camera(
                                 edgetpu=edgetpu)
     classifier = load_classifier(options)
     try:
-        frames = cam.run(classifier, cam.open_source(source), headless=headless, max_frames=max_frames)
+        frames_in = cam.open_source(source)
+        try:
+            renderers = cam.make_renderers(headless, as_json, save, source, getattr(frames_in, "fps", 0.0))
+        except cam.CameraError:
+            frames_in.close()
+            raise
+        frames = cam.run(classifier, frames_in, max_frames=max_frames, renderers=renderers)
     except cam.CameraError as exc:
         raise _fail(str(exc)) from None
-    typer.echo(f"{frames} frames", err=True)
+    typer.echo(f"{frames} frames" + (f", saved to {save}" if save is not None and frames else ""), err=True)
 
 
 @app.command()

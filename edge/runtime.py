@@ -19,6 +19,7 @@ import numpy as np
 
 from edge import metadata
 from edge.metadata import InvalidModelError, ModelMetadata
+from edge.quiet import runtime_info_filtered
 
 BACKENDS = ("ai_edge_litert", "tflite_runtime", "tensorflow")
 BACKEND_ENV = "EDGE_TRANSFER_BACKEND"
@@ -166,10 +167,11 @@ def make_interpreter(
     if edgetpu:
         delegates.append(edgetpu_delegate(chosen))
     try:
-        interpreter = chosen.interpreter_class(
-            model_content=data, num_threads=num_threads, experimental_delegates=delegates or None
-        )
-        interpreter.allocate_tensors()
+        with runtime_info_filtered():  # the C++ "INFO: Created ... XNNPACK delegate" banner
+            interpreter = chosen.interpreter_class(
+                model_content=data, num_threads=num_threads, experimental_delegates=delegates or None
+            )
+            interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InvalidModelError(f"{source}: the {chosen.name} interpreter rejected the model: {first}") from None

@@ -27,6 +27,7 @@ EDGE_TEST_FILES = [
     "tests/test_edge_classifier.py",
     "tests/test_edge_upstream.py",
     "tests/test_edge_cli.py",
+    "tests/test_edge_quiet.py",
 ]  # not the camera tests: OpenCV is no part of this venv (nor of a Pi's edge install)
 
 

@@ -20,12 +20,10 @@ renames (:func:`swap_in`), so a crash leaves the old folder or the new one, neve
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import os
 import shutil
 import string
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,27 +67,6 @@ class Plan:
 
 
 # --------------------------------------------------------------------------- validation
-@contextlib.contextmanager
-def runtime_banner_filtered():
-    """Drop the interpreter's C++ "INFO: Created TensorFlow Lite XNNPACK delegate" line from
-    stderr (so a refusal stays one line); anything else it writes is passed on."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            sink.seek(0)
-            rest = [line for line in sink.read().decode("utf-8", "replace").splitlines()
-                    if line.strip() and not line.startswith("INFO: ")]
-            if rest:
-                print("\n".join(rest), file=sys.stderr)
-
-
 def _checked_parity(run: RunDir, variant: str, model_sha: str) -> tuple[dict, dict]:
     """(parity.json, its entry for ``variant``) when that entry is current and passed; else BundleError."""
     path = run / PARITY
@@ -137,8 +114,7 @@ def plan(run_dir: str | Path, variant: str = "int8") -> Plan:
     if not meta.labels:
         raise BundleError(f"{source} metadata has no labels file: convert again")
     try:
-        with runtime_banner_filtered():
-            loaded = make_interpreter(data, num_threads=1)
+        loaded = make_interpreter(data, num_threads=1)  # it drops the runtime's INFO banner itself
     except (InvalidModelError, RuntimeMissingError) as exc:
         raise BundleError(f"{source}: {exc}") from None
     n_out = 1

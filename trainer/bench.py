@@ -28,7 +28,6 @@ from edge.benchmark import size_mb, time_invoke
 from edge.metadata import InvalidModelError
 from edge.runtime import RuntimeMissingError, load_backend, make_interpreter
 from trainer import atomic
-from trainer.android import runtime_banner_filtered
 from trainer.data import DataError
 from trainer.run_dir import BENCH_JSON, BENCH_MD, MODEL, ParityFile, RunDir, sha256_bytes
 from trainer.variants import MODES, verify
@@ -161,8 +160,7 @@ def run(run_dir: str | Path, threads: list[int] | tuple[int, ...] = DEFAULT_THRE
     parity = run.parity()
     rows = []
     for mode in MODES:
-        with runtime_banner_filtered():
-            row = bench_variant(run, mode, parity, threads, runs, warmup, seed)
+        row = bench_variant(run, mode, parity, threads, runs, warmup, seed)
         rows.append(row)
         if log:
             lat = ", ".join(f"{t}T p50 {row.latency[str(t)]['p50_ms']:.2f} ms" for t in threads if str(t) in row.latency)
