@@ -8,13 +8,14 @@ OUT    ?= runs/latest
 RUN    ?= $(shell cat runs/LAST 2>/dev/null || echo $(OUT))
 VARIANT ?= int8
 
-.PHONY: help setup train tflite android bench test test-fast client-venvs clean
+.PHONY: help setup train tflite android bench test test-fast client-venvs debian-packages clean
 
 help:
 	@echo "make train [DATA=dir] [OUT=dir]   train (default: the shipped sample photos)"
 	@echo "make tflite [RUN=dir]             convert the last run to all TFLite variants + parity"
 	@echo "make android [RUN=dir] [VARIANT=int8]  fill android_assets/"
 	@echo "make bench [RUN=dir]              size / accuracy / latency table for every variant"
+	@echo "make test-fast                    in-process tier: trains + converts a small real model (< 2 min)"
 	@echo "make test                         the whole test suite (builds client venvs once)"
 
 # scripts/quiet_pip.py: pip minus known third-party noise; a failing pip prints everything, exits non-zero
@@ -41,13 +42,24 @@ android: setup
 bench: setup
 	$(PY) -m trainer bench "$(RUN)"
 
-# tflite-support needs Debian's libusb-1.0-0; the client venvs (mediapipe, tflite-support,
-# tflite-runtime 2.14 + numpy<2) cannot share a venv with TensorFlow 2.21.
-client-venvs: setup
-	@dpkg -s libusb-1.0-0 >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq libusb-1.0-0; \
-	  else sudo apt-get update -qq && sudo apt-get install -y -qq libusb-1.0-0; fi; }
+# Debian packages the full suite needs: tflite-support (a client venv) needs libusb.
+DEBIAN_PACKAGES := libusb-1.0-0
+
+# Installs them when run as root; otherwise prints the one command to run and fails.
+debian-packages:
+	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "error: make test needs Debian packages:$$missing; run: sudo apt-get install -y$$missing" >&2; exit 1; fi; \
+	fi
+
+# mediapipe, tflite-support and tflite-runtime 2.14 + numpy<2 cannot share a venv with TensorFlow 2.21.
+client-venvs: setup debian-packages
 	$(PY) tests/client_venvs.py
+
+# in-process tier: no client venvs, no subprocess-heavy tests; still trains and converts a real model
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow and not clients"
 
 test: client-venvs
 	$(PY) -m pytest -q

@@ -45,6 +45,7 @@ def train(
     backbone: str = typer.Option("mobilenet_v2", help="mobilenet_v2 | a keras.applications name | hub:PATH"),
     weights: str = typer.Option("default", help="default | imagenet | PATH | none"),
     image_size: int = typer.Option(224, help="Square input size in pixels."),
+    alpha: float = typer.Option(1.0, help="MobileNetV2 width multiplier (the shipped weights are for 1.0)."),
     epochs: int = typer.Option(2000, help="Max head epochs on cached features (early stopping on val loss)."),
     fine_tune_layers: int = typer.Option(0, help="Stage 2: unfreeze the top N layers of the base."),
     fine_tune_from: Optional[str] = typer.Option(None, help="Stage 2: unfreeze from this layer, e.g. block_13_expand."),
@@ -76,7 +77,7 @@ def train(
     else:
         cfg = RunConfig(
             data=DataConfig(str(data), val_split, test_split, min_per_class),
-            backbone=BackboneConfig(backbone, weights, image_size),
+            backbone=BackboneConfig(backbone, weights, image_size, alpha),
             train=TrainConfig(epochs=epochs, fine_tune_layers=fine_tune_layers, fine_tune_from=fine_tune_from,
                               fine_tune_epochs=fine_tune_epochs, fine_tune_learning_rate=fine_tune_learning_rate,
                               flip_features=flip_features,

@@ -71,8 +71,7 @@ class Export:
 
 def export(run_dir: str | Path, modes: list[str], calibration_count: int = DEFAULT_CALIBRATION_IMAGES,
            seed: int = 0, author: str = "edge-transfer", license: str = "Apache-2.0",
-           keras_model=None, log: Callable[[str], None] = print,
-           quantizations: dict[str, Quantization] | None = None) -> list[Export]:
+           keras_model=None, log: Callable[[str], None] = print) -> list[Export]:
     """Convert, verify, add metadata, verify again and write each mode's file atomically.
 
     Raises ConversionError (nothing written for that mode) when a file breaks its promises.
@@ -80,14 +79,13 @@ def export(run_dir: str | Path, modes: list[str], calibration_count: int = DEFAU
     import keras
 
     run = RunDir.open(run_dir)
-    table = {**MODES, **(quantizations or {})}
     model = keras_model or keras.models.load_model(run / MODEL)
     calibration = None
-    if any(table[m].calibrated for m in modes):
+    if any(MODES[m].calibrated for m in modes):
         calibration = calibration_images(run, calibration_count, seed)
     exports = []
     for mode in modes:
-        quant = table[mode]
+        quant = MODES[mode]
         t0 = time.perf_counter()
         bare = convert_model(model, quant, calibration)
         _raise_problems(mode, "after conversion", verify(bare, quant))

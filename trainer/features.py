@@ -1,8 +1,8 @@
 """Stage-1 feature cache: the frozen base runs once over the photos.
 
 The base is converted once to a float32 TFLite file (cached on disk, keyed by a hash of its
-weights) and run with XNNPACK on every core: about 6x the images/s of Keras `predict` on a
-2-core CPU (see benchmarks/bench_train.py). Falls back to Keras when a base cannot convert.
+weights) and run with XNNPACK on every core: 4.6-6.7x the images/s of Keras `predict` on a
+2-core CPU, measured by benchmarks/bench_train.py. Falls back to Keras when a base cannot convert.
 """
 
 from __future__ import annotations

@@ -136,14 +136,13 @@ def keras_probabilities(model, images: np.ndarray, batch: int = 32) -> np.ndarra
     return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), np.float32)
 
 
-def held_out(run: RunDir, spec=None) -> tuple[str, np.ndarray, np.ndarray]:
+def held_out(run: RunDir) -> tuple[str, np.ndarray, np.ndarray]:
     """(split name, uint8 images, labels) of the test split, else val when test is empty."""
     splits = run.splits
-    spec = spec or run.spec
     name = "test" if splits.test else "val"
     if not splits.part(name):
         raise DataError(f"{run.path}/splits.json has no test or val photos to check parity on")
-    images, ok, _ = data.load_images(splits.paths(name), spec)
+    images, ok, _ = data.load_images(splits.paths(name), run.spec)
     return name, images[ok], splits.targets(name)[ok]
 
 
@@ -175,12 +174,12 @@ class ParityReport:
 
 
 def check(run_dir: str | Path, modes: list[str], thresholds: dict[str, Thresholds], keras_model=None,
-          threads: int | None = None, spec=None) -> ParityReport:
+          threads: int | None = None) -> ParityReport:
     """Run every requested variant and model.keras on the held-out photos and compare."""
     import keras
 
     run = RunDir.open(run_dir)
-    split, images, y = held_out(run, spec)
+    split, images, y = held_out(run)
     model = keras_model or keras.models.load_model(run / MODEL)
     keras_probs = keras_probabilities(model, images)
     variants = []
