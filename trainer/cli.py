@@ -42,7 +42,7 @@ def train(
     out: Path = typer.Option(..., "--out", help="Run directory to write (model.keras, report.json, ...)."),
     config: Optional[Path] = typer.Option(None, "--config", help="Repeat a run: its config.json (other options "
                                           "are ignored, except --data and --out)."),
-    backbone: str = typer.Option("mobilenet_v2", help="mobilenet_v2 | a keras.applications name | hub:PATH"),
+    backbone: str = typer.Option("mobilenet_v2", help="mobilenet_v2 | a keras.applications name | a TF Hub or Kaggle model URL | hub:PATH"),
     weights: str = typer.Option("default", help="default | imagenet | PATH | none"),
     image_size: int = typer.Option(224, help="Square input size in pixels."),
     epochs: int = typer.Option(2000, help="Max head epochs on cached features (early stopping on val loss)."),

@@ -349,6 +349,7 @@ def export(run_dir: str | Path, modes: list[str], calibration_count: int = DEFAU
     """
     import keras
 
+    import trainer.hub_layer  # noqa: F401  registers the hub layer for keras.models.load_model
     from trainer.metadata import add_metadata
 
     run = RunInfo.load(run_dir)
@@ -393,6 +394,7 @@ def run(run_dir: str | Path, modes: list[str], calibration_count: int = DEFAULT_
     run_info = RunInfo.load(run_dir)  # a bad RUN_DIR fails here, before TensorFlow loads
     import keras
 
+    import trainer.hub_layer  # noqa: F401  registers the hub layer for keras.models.load_model
     from trainer import model_card, parity
 
     model = keras.models.load_model(run_info.run_dir / "model.keras")

@@ -17,6 +17,8 @@ def load_run(run_dir: str | Path):
 
     import keras
 
+    import trainer.hub_layer  # noqa: F401  registers the hub layer for keras.models.load_model
+
     run_dir = Path(run_dir)
     for name in ("model.keras", "labels.txt", "config.json"):
         if not (run_dir / name).exists():

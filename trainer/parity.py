@@ -180,6 +180,7 @@ def check(run_dir: str | Path, modes: list[str], thresholds: dict[str, Threshold
     """Run every requested variant and model.keras on the held-out photos and compare."""
     import keras
 
+    import trainer.hub_layer  # noqa: F401  registers the hub layer for keras.models.load_model
     from trainer.convert import RunInfo, model_path
 
     run = RunInfo.load(run_dir)
