@@ -142,6 +142,9 @@ def convert(
     except converting.ConversionError as exc:
         _fail(str(exc), 1)
     typer.echo(report.table())
+    from trainer import report_html
+
+    report_html.refresh(run_dir)  # also when the gate fails: the page shows which variant and why
     if not report.passed:
         _fail("parity gate failed: " + ", ".join(v.mode for v in report.variants if not v.passed), 1)
 
@@ -184,6 +187,9 @@ def bench(
         md, js = benchmarking.write(run_dir, report)
     except _user_errors() as exc:
         _fail(str(exc))
+    from trainer import report_html
+
+    report_html.refresh(run_dir)
     typer.echo(report.markdown())
     typer.echo(f"wrote {md} and {js.name}")
 

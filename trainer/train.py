@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.preprocess import PreprocessSpec
-from trainer import atomic, data, features, metrics, plots
+from trainer import atomic, data, features, metrics, plots, report_html
 from trainer.backbones import Backbone, BackboneError, build_backbone
 from trainer.config import RunConfig
 
@@ -307,10 +307,13 @@ def run(cfg: RunConfig, out: Path) -> dict:
         "timings": {k: round(v, 2) for k, v in timings.items()},
         "history": {stage: {k: [round(float(v), 5) for v in vs] for k, vs in h.items()} for stage, h in history.items()},
     }
+    eval_split = "test" if len(idx["test"]) else "val"
+    report["mistakes"] = metrics.mistakes(eval_split, [s.path for s in splits.part(eval_split)], ys[eval_split],
+                                          probs[eval_split], classes)
     atomic.write_json(out / "report.json", report)
     plots.training_curves(history, out / "training_curves.png")
-    eval_split = "test" if len(idx["test"]) else "val"
     plots.confusion(np.array(report["splits"][eval_split]["confusion_matrix"]), classes, out / "confusion_matrix.png",
                     title=f"{eval_split} confusion matrix")
     plots.prediction_grid(images[idx[eval_split]], ys[eval_split], probs[eval_split], classes, out / "predictions.png")
+    report_html.write(out)
     return report
