@@ -186,3 +186,14 @@ def test_train_convert_and_bench_write_the_page(converted, tmp_path):
     load = browser.load(page.as_uri(), screenshot=tmp_path / "report.png")
     assert load.errors == [] and all(i["naturalWidth"] > 0 for i in load.images)
     assert len(load.images) == 1 + len(mistakes)
+
+
+def test_mistakes_are_the_wrong_photos_most_confident_first():
+    labels = ["a", "b", "c"]
+    probs = np.array([[0.9, 0.05, 0.05], [0.2, 0.7, 0.1], [0.1, 0.3, 0.6], [0.5, 0.4, 0.1], [0.05, 0.9, 0.05]])
+    y = np.array([0, 0, 2, 1, 2])  # rows 1, 3, 4 are wrong
+    got = metrics.mistakes("val", ["p0", "p1", "p2", "p3", "p4"], y, probs, labels)
+    assert [(m["path"], m["label"], m["predicted"], m["confidence"]) for m in got] == [
+        ("p4", "c", "b", 0.9), ("p1", "a", "b", 0.7), ("p3", "b", "a", 0.5)]
+    assert {m["split"] for m in got} == {"val"}
+    assert len(metrics.mistakes("val", ["p0", "p1", "p2", "p3", "p4"], y, probs, labels, limit=2)) == 2

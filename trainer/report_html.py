@@ -253,12 +253,12 @@ def _bench(bench: dict | None) -> str:
         return ""
     s, machine = bench.get("settings", {}), bench.get("machine", {})
     threads = [str(t) for t in s.get("threads", [])]
-    head = ["variant", "status", "size MB", "input", "accuracy", "Δacc (pt)",
-            *(f"{t} thread{'s' if t != '1' else ''}: p50 / p90 ms, img/s" for t in threads)]
+    head = ["variant", "status", "input", "size MB", "accuracy", "Δacc (pt)",
+            *(f"{t} thread{'s' if t != '1' else ''}<br><span class=muted>p50 / p90 ms · img/s</span>" for t in threads)]
     rows = []
     for v in bench.get("variants", []):
         status = _e(v.get("status")) + (f" <span class=muted>({_e('; '.join(v.get('notes', [])))})</span>" if v.get("notes") else "")
-        row = [f"<b>{_e(v.get('variant'))}</b>", status, _num(v.get("size_mb"), "{:.2f}"), _e(v.get("input_dtype") or "–"),
+        row = [f"<b>{_e(v.get('variant'))}</b>", status, _e(v.get("input_dtype") or "–"), _num(v.get("size_mb"), "{:.2f}"),
                _num(v.get("accuracy")), _num(v.get("delta_acc"), "{:+.2f}")]
         for t in threads:
             lat = v.get("latency", {}).get(t)
@@ -268,19 +268,19 @@ def _bench(bench: dict | None) -> str:
     return (f"<section><h2>Benchmark</h2><p class=muted>{_e(s.get('runs'))} timed invokes after {_e(s.get('warmup'))} "
             f"warmup, seeded random input; {_e(machine.get('backend') or 'no runtime')} on {_e(machine.get('cpu_count'))} "
             f"CPUs ({_e(machine.get('machine'))}){'; ' + _e(bench['created_at']) if bench.get('created_at') else ''}</p>"
-            + _table(head, rows, numeric_from=2) + "</section>")
+            + _table(head, rows, numeric_from=3) + "</section>")
 
 
 def _model_card(card: dict | None) -> str:
     if not card:
         return ""
-    rows = [[f"<b>{_e(m)}</b>", _num(v.get("size_mb"), "{:.2f}"), _e(v.get("input")), _e(v.get("output")),
-             _e(v.get("min_runtime_version")), _e(v.get("summary", ""))] for m, v in card.get("variants", {}).items()]
+    rows = [[f"<b>{_e(m)}</b>", _e(v.get("summary", "")), _e(v.get("input")), _e(v.get("output")),
+             _e(v.get("min_runtime_version")), _num(v.get("size_mb"), "{:.2f}")] for m, v in card.get("variants", {}).items()]
     limits = "".join(f"<li>{_e(x)}</li>" for x in card.get("limitations", []))
     return (f"<section><h2>Model card</h2><h3>{_e(card.get('name', ''))}</h3>"
             f"<p><b>Intended use.</b> {_e(card.get('intended_use', ''))}</p>"
             f"<p><b>Input.</b> {_e(card.get('preprocessing', {}).get('input', ''))}</p>"
-            + (_table(["variant", "size MB", "input", "output", "min runtime", "what it is"], rows, numeric_from=1)
+            + (_table(["variant", "what it is", "input", "output", "min runtime", "size MB"], rows, numeric_from=4)
                if rows else "") + f"<p><b>Limitations.</b></p><ul>{limits}</ul></section>")
 
 
