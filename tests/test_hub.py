@@ -68,6 +68,23 @@ def test_cached_handle_loads_call_only_savedmodel_and_normalizes_to_unit_range(t
     np.testing.assert_allclose(got, module(images / 255.0).numpy(), atol=1e-5)
 
 
+def test_signature_only_savedmodel_loads_from_a_folder(tmp_path):
+    """The other SavedModel shape: no __call__, only a serving_default signature returning a dict."""
+    import tensorflow as tf
+
+    class Exported(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 32, 32, 3], tf.float32)])
+        def serve(self, images):
+            return {"feature_vector": tf.reduce_mean(images, axis=[1, 2]) * 2.0}
+
+    module = Exported()
+    tf.saved_model.save(module, str(tmp_path / "sm"), signatures={"serving_default": module.serve})
+    assert not callable(tf.saved_model.load(str(tmp_path / "sm")))
+    backbone = build_backbone(BackboneConfig(name=f"hub:{tmp_path / 'sm'}", image_size=32))
+    images = np.full((1, 32, 32, 3), 255.0, np.float32)
+    np.testing.assert_allclose(backbone.feature_model().predict(images, verbose=0), [[2.0, 2.0, 2.0]], atol=1e-6)
+
+
 class _TarballHandler(http.server.BaseHTTPRequestHandler):
     tarball = b""
     requests: list[str] = []

@@ -88,7 +88,7 @@ class HubFeatureVector(keras.layers.Layer):
 def _callable(module):
     """The feature function of a restored SavedModel: ``__call__`` (TF2 hub format), else the
     ``serving_default`` signature (called by its single input name, returns a dict)."""
-    if hasattr(module, "__call__") and callable(module) and type(module).__call__ is not object.__call__:
+    if callable(module):
         def call(x):
             try:
                 return module(x, training=False)
