@@ -30,7 +30,7 @@ HANDLE = "https://tfhub.dev/google/tf2-preview/mobilenet_v2/feature_vector/4"
 KAGGLE = "https://www.kaggle.com/models/google/mobilenet-v2/TensorFlow2/tf2-preview-feature-vector/4"
 
 
-def make_feature_vector(path):
+def make_feature_vector(path, seed: int = 1):
     """A TF2 hub-format image feature vector like the real ones: a tf.Module whose only entry is
     ``__call__`` (no serving signature), float images in [0, 1] of any size -> (N, 8)."""
     import tensorflow as tf
@@ -38,7 +38,7 @@ def make_feature_vector(path):
     class FeatureVector(tf.Module):
         def __init__(self):
             super().__init__()
-            self.kernel = tf.Variable(tf.random.stateless_normal((3, 3, 3, 8), seed=(1, 2)))
+            self.kernel = tf.Variable(tf.random.stateless_normal((3, 3, 3, 8), seed=(seed, 2)))
 
         @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
         def __call__(self, images):
@@ -83,6 +83,19 @@ def test_signature_only_savedmodel_loads_from_a_folder(tmp_path):
     backbone = build_backbone(BackboneConfig(name=f"hub:{tmp_path / 'sm'}", image_size=32))
     images = np.full((1, 32, 32, 3), 255.0, np.float32)
     np.testing.assert_allclose(backbone.feature_model().predict(images, verbose=0), [[2.0, 2.0, 2.0]], atol=1e-6)
+
+
+def test_two_hub_models_never_share_the_feature_cache_key(tmp_path):
+    """Hub variables are not Keras weights: the SavedModel fingerprint must enter the digest that
+    keys the cached TFLite feature extractor, or a second hub model would reuse the first's."""
+    from trainer.backbones import weights_digest
+
+    digests = []
+    for seed in (1, 2):
+        make_feature_vector(tmp_path / f"fv{seed}", seed)
+        backbone = build_backbone(BackboneConfig(name=f"hub:{tmp_path / f'fv{seed}'}", image_size=32))
+        digests.append(weights_digest(backbone.feature_model()))
+    assert digests[0] != digests[1]
 
 
 class _TarballHandler(http.server.BaseHTTPRequestHandler):

@@ -140,6 +140,7 @@ def test_only_report_json_is_required(tmp_path):
     assert "Training report" in page and "TFLite parity" not in page and "<img" not in page
 
 
+@pytest.mark.browser
 def test_browser_check_catches_broken_images_console_errors_and_network(tmp_path):
     """The negative control: the Chromium check below can fail."""
     bad = tmp_path / "bad.html"
@@ -151,6 +152,7 @@ def test_browser_check_catches_broken_images_console_errors_and_network(tmp_path
     assert "http://127.0.0.1:9/x.png" in load.requests
 
 
+@pytest.mark.browser
 def test_page_renders_in_chromium(tmp_path):
     make_run(tmp_path / "run")
     page = report_html.write(tmp_path / "run")
@@ -164,6 +166,7 @@ def test_page_renders_in_chromium(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.browser
 def test_train_convert_and_bench_write_the_page(converted, tmp_path):
     """The session's real run: train recorded its mistakes and wrote the page, convert added the
     parity table and model card, bench adds its table; Chromium renders the result cleanly."""

@@ -8,7 +8,7 @@ hub.KerasLayer), falls back to the ``serving_default`` signature, and copies the
 folder into the .keras archive's assets (Keras' save_assets / load_assets hooks).
 
 ``keras.models.load_model`` finds the class once this module is imported:
-``import trainer.hub_layer`` (or use :func:`load_model`).
+``import trainer.hub_layer``.
 """
 
 from __future__ import annotations
@@ -112,7 +112,3 @@ def from_folder(handle: str, folder: Path, image_size: int, name: str = "hub_bac
     layer.output_dim = int(out.shape[-1])
     return layer
 
-
-def load_model(path):
-    """keras.models.load_model with the hub layer registered (this import does it)."""
-    return keras.models.load_model(path)
