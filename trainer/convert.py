@@ -17,6 +17,7 @@ from edge.metadata import read_metadata
 from trainer import atomic
 from trainer.calibration import DEFAULT_CALIBRATION_IMAGES, calibration_images, representative_dataset
 from trainer.metadata import MetadataInfo, add_metadata
+from trainer.model_io import load_keras
 from trainer.run_dir import MODEL, RunDir
 from trainer.tflite import ConversionError, run_converter
 from trainer.variants import MODES, Quantization, Verification, verify
@@ -76,10 +77,8 @@ def export(run_dir: str | Path, modes: list[str], calibration_count: int = DEFAU
 
     Raises ConversionError (nothing written for that mode) when a file breaks its promises.
     """
-    import keras
-
     run = RunDir.open(run_dir)
-    model = keras_model or keras.models.load_model(run / MODEL)
+    model = keras_model or load_keras(run / MODEL)
     calibration = None
     if any(MODES[m].calibrated for m in modes):
         calibration = calibration_images(run, calibration_count, seed)

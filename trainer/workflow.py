@@ -13,6 +13,7 @@ from typing import Callable
 from trainer import model_card, parity
 from trainer.calibration import DEFAULT_CALIBRATION_IMAGES
 from trainer.convert import export
+from trainer.model_io import load_keras
 from trainer.run_dir import MODEL, RunDir
 
 
@@ -25,9 +26,7 @@ def convert_run(run_dir: str | Path, modes: list[str], calibration_count: int = 
     run = RunDir.open(run_dir)  # a bad RUN_DIR fails here, before TensorFlow loads
     for stale in run.clean_stale_temps():
         log(f"removed {stale.name} (left by a run that was killed)")
-    import keras
-
-    model = keras.models.load_model(run / MODEL)
+    model = load_keras(run / MODEL)
     export(run.path, modes, calibration_count, seed, author, license, keras_model=model, log=log)
     t0 = time.perf_counter()
     report = parity.check(run.path, modes, thresholds or parity.default_thresholds(), keras_model=model,
