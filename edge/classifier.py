@@ -20,7 +20,7 @@ import numpy as np
 from edge import preprocess
 from edge.metadata import ModelMetadata
 from edge.postprocess import Category, read_labels, to_scores, top_categories
-from edge.runtime import LoadedModel, TensorInfo, make_interpreter
+from edge.runtime import LoadedModel, TensorInfo, invoke, make_interpreter
 
 
 @dataclass(frozen=True)
@@ -147,9 +147,11 @@ class Classifier:
                                           self.plan.quantization)
 
     def run(self, tensor: np.ndarray) -> np.ndarray:
-        """Invoke on a prepared input batch -> float32 class scores (see edge.postprocess)."""
+        """Invoke on a prepared input batch -> float32 class scores (see edge.postprocess).
+
+        Raises edge.runtime.InferenceError (one line) when the interpreter fails."""
         self._interpreter.set_tensor(self.model.input.index, tensor)
-        self._interpreter.invoke()
+        invoke(self._interpreter)
         raw = self._interpreter.get_tensor(self.model.output.index)[0]
         return to_scores(raw, self.model.output.quantization)
 

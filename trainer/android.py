@@ -124,7 +124,9 @@ def _read_parity(run_dir: Path, variant: str, model_sha: str) -> tuple[dict, dic
 
 def plan(run_dir: str | Path, variant: str = "int8") -> Plan:
     """Read and check everything; raises BundleError (one line) on the first problem."""
-    from edge.metadata import InvalidModelError, read_metadata, read_model_bytes
+    from edge.flatbuffer import InvalidModelError
+    from edge.metadata import read_metadata
+    from edge.model_file import read_model_bytes
     from edge.runtime import RuntimeMissingError, make_interpreter
     from trainer.convert import MODES, model_path
 

@@ -125,7 +125,7 @@ def _read_parity(run_dir: Path) -> dict:
 def bench_variant(run_dir: Path, mode: str, parity: dict, threads: list[int], runs: int, warmup: int,
                   seed: int = 0) -> Row:
     """Status, size, parity numbers and invoke latency of one variant; never raises for a bad file."""
-    from edge.metadata import InvalidModelError
+    from edge.flatbuffer import InvalidModelError
     from edge.runtime import RuntimeMissingError, make_interpreter, time_invoke
     from trainer.convert import MODES, model_path, verify
 

@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from edge import metadata as edge_metadata
+from edge import metadata as edge_metadata, model_file
 from edge.preprocess import PreprocessSpec
 from trainer import atomic, data
 from trainer.data import DataError
@@ -149,7 +149,7 @@ def inspect_model(model_bytes: bytes) -> Verification:
         output_dtype=str(loaded.output.dtype),
         input_quantization=loaded.input.quantization,
         output_quantization=loaded.output.quantization,
-        ops=dict(sorted(Counter(edge_metadata.op_names(model_bytes)).items())),
+        ops=dict(sorted(Counter(model_file.op_names(model_bytes)).items())),
         tensor_types=dict(sorted(tensors.items())),
         min_runtime_version=edge_metadata.read_metadata(model_bytes).min_runtime_version,
     )

@@ -1,0 +1,291 @@
+"""Inspect and verify a .tflite file without TensorFlow: ops, tensor types, buffers, structure.
+
+:func:`verify_model` walks the whole TFLite ``schema.fbs`` structure before any interpreter sees
+the bytes: tflite-runtime 2.14 does not verify model files and segfaults (or hangs) on damaged
+ones. Every fault is an :class:`InvalidModelError` with one line.
+"""
+
+from __future__ import annotations
+
+import os
+from math import prod
+
+from edge import schema
+from edge.flatbuffer import FlatBuffer, InvalidModelError, Table, guarded
+
+MAX_RANK = 16
+MAX_TENSOR_ELEMENTS = 1 << 28  # 1 GiB of float32: far above any image classifier's tensor
+# bytes per element of each TensorType; None: variable or packed (string, resource, variant, int4)
+_ITEM_SIZE = (4, 2, 4, 1, 8, None, 1, 2, 8, 1, 8, 16, 8, None, None, 4, 2, None, 2)
+# Options tables whose fields the runtime reads as vectors/strings: member -> ((slot, elem size), ...)
+_OPTION_VECTORS = {
+    schema.RESHAPE_OPTIONS: ((0, 4),),
+    schema.SQUEEZE_OPTIONS: ((0, 4),),
+    schema.BUCKETIZE_OPTIONS: ((0, 4),),
+    schema.CONCAT_EMBEDDINGS_OPTIONS: ((1, 4), (2, 4)),
+    schema.VAR_HANDLE_OPTIONS: ((0, 1), (1, 1)),
+}
+# Options tables holding subgraph indices: member -> slots
+_OPTION_SUBGRAPHS = {
+    schema.CALL_OPTIONS: (0,),
+    schema.IF_OPTIONS: (0, 1),
+    schema.WHILE_OPTIONS: (0, 1),
+    schema.CALL_ONCE_OPTIONS: (0,),
+}
+_SPARSE_INDEX_SIZE = {1: 4, 2: 2, 3: 1}  # SparseIndexVector: Int32Vector, Uint16Vector, Uint8Vector
+
+
+def check_identifier(data: bytes) -> None:
+    """Raise unless ``data`` starts like a TFLite flatbuffer (length and "TFL3")."""
+    if len(data) < 8:
+        raise InvalidModelError(f"not a TFLite model: {len(data)} bytes is too short")
+    if data[4:8] != schema.MODEL_IDENTIFIER:
+        raise InvalidModelError(f"not a TFLite model: file identifier {data[4:8]!r}, expected b'TFL3'")
+
+
+def read_model_bytes(path: str | os.PathLike) -> bytes:
+    """Load a .tflite file, rejecting missing, empty or non-TFLite files with one line."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise InvalidModelError(f"cannot read model {os.fspath(path)!s}: {exc.strerror or exc}") from None
+    if not data:
+        raise InvalidModelError(f"model file {os.fspath(path)!s} is empty")
+    try:
+        check_identifier(data)
+    except InvalidModelError as exc:
+        raise InvalidModelError(f"{os.fspath(path)!s}: {exc}") from None
+    return data
+
+
+def as_bytes(model: bytes | bytearray | memoryview | str | os.PathLike) -> bytes:
+    """Model bytes from bytes or a path, identifier checked."""
+    if isinstance(model, (str, os.PathLike)):
+        return read_model_bytes(model)
+    data = bytes(model)
+    check_identifier(data)
+    return data
+
+
+def model_root(data: bytes) -> Table:
+    """The Model table of TFLite bytes (reads are bounds-checked, not yet verified)."""
+    return FlatBuffer(data, "corrupt TFLite model").root()
+
+
+def metadata_entries(model: Table) -> dict[str, bytes]:
+    """Model.metadata name -> its buffer's bytes (first entry wins on duplicate names).
+
+    A buffer's bytes are inline (Buffer.data) or, from newer converters for big models, at
+    Buffer.offset/size counted from the start of the file.
+    """
+    entries: dict[str, bytes] = {}
+    metadata = model.tables(6)
+    buffers = model.tables(4) if metadata else []
+    for entry in metadata:
+        name, index = entry.string(0), entry.scalar(1, "I")
+        if name is None or name in entries:
+            continue
+        if index >= len(buffers):
+            raise model.buf.fail(f"metadata {name!r} names buffer {index} of {len(buffers)}")
+        buffer = buffers[index]
+        offset, size = buffer.scalar(1, "Q"), buffer.scalar(2, "Q")
+        entries[name] = model.buf.span(offset, size) if offset > 1 else (buffer.bytes(0) or b"")
+    return entries
+
+
+def _first_subgraph(root: Table) -> Table:
+    subgraphs = root.tables(2)
+    if not subgraphs:
+        raise InvalidModelError("corrupt TFLite model: no subgraphs")
+    return subgraphs[0]
+
+
+@guarded
+def op_names(model: bytes | str | os.PathLike) -> list[str]:
+    """Builtin op name of each subgraph-0 operator, in execution order (e.g. "CONV_2D").
+
+    The opcode is max(deprecated_builtin_code, builtin_code): old files only set the first
+    (capped at 127), new ones set both. Custom ops appear as "CUSTOM:<custom_code>".
+    """
+    root = model_root(as_bytes(model))
+    codes = []
+    for oc in root.tables(1):
+        code = max(oc.scalar(0, "b"), oc.scalar(3, "i"))
+        name = schema.BUILTIN_OPS[code] if 0 <= code < len(schema.BUILTIN_OPS) else f"BUILTIN_{code}"
+        if code == schema.CUSTOM_OP:
+            name = f"CUSTOM:{oc.string(1) or ''}"
+        codes.append(name)
+    names = []
+    for op in _first_subgraph(root).tables(3):
+        index = op.scalar(0, "I")
+        if index >= len(codes):
+            raise InvalidModelError(f"corrupt TFLite model: opcode index {index} out of range")
+        names.append(codes[index])
+    return names
+
+
+@guarded
+def tensor_types(model: bytes | str | os.PathLike) -> dict[str, list[str]]:
+    """Subgraph-0 input and output tensor dtypes: {"inputs": ["uint8"], "outputs": ["uint8"]}."""
+    sg = _first_subgraph(model_root(as_bytes(model)))
+    tensors = sg.tables(0)
+
+    def types(slot: int) -> list[str]:
+        out = []
+        for i in sg.scalars(slot, "i") or ():
+            if not 0 <= i < len(tensors):
+                raise InvalidModelError(f"corrupt TFLite model: tensor index {i} out of range")
+            t = tensors[i].scalar(1, "b")
+            out.append(schema.TENSOR_TYPES[t] if 0 <= t < len(schema.TENSOR_TYPES) else f"type_{t}")
+        return out
+
+    return {"inputs": types(1), "outputs": types(2)}
+
+
+# --------------------------------------------------------------------------- structural verifier
+@guarded
+def verify_model(model: bytes | str | os.PathLike) -> None:
+    """Check the whole model structure, else raise InvalidModelError with one line.
+
+    Every table, vector, string and union in bounds; buffer, opcode, tensor and subgraph
+    indices in range; shapes non-negative with bounded rank and element count; constant data
+    the size its shape says; operator inputs valid (-1: optional); subgraph I/O valid.
+    Damaged metadata is :mod:`edge.metadata`'s concern; only its buffer indices are checked here.
+    """
+    data = as_bytes(model)
+    root = model_root(data)
+    n_opcodes = len(root.tables(1))
+    for oc in root.tables(1):
+        oc.vector(1, 1)  # custom_code
+        if oc.scalar(3, "i") < 0:
+            raise root.buf.fail(f"negative builtin code {oc.scalar(3, 'i')}")
+    sizes = [_buffer_size(b, data) for b in root.tables(4)]
+    subgraphs = root.tables(2)
+    if not subgraphs:
+        raise InvalidModelError("corrupt TFLite model: no subgraphs")
+    for s, sg in enumerate(subgraphs):
+        _verify_subgraph(sg, s, len(subgraphs), n_opcodes, sizes, data)
+    for entry in root.tables(6):  # metadata
+        entry.vector(0, 1)
+        _index(root, entry.scalar(1, "I"), len(sizes), "metadata buffer")
+    for i in root.scalars(5, "i") or ():  # metadata_buffer
+        _index(root, i, len(sizes), "metadata_buffer")
+    for sig in root.tables(7):  # signature_defs
+        sg = subgraphs[_index(root, sig.scalar(4, "I"), len(subgraphs), "signature subgraph")]
+        n_tensors = len(sg.tables(0))
+        sig.vector(2, 1)
+        for tensor_map in sig.tables(0) + sig.tables(1):
+            tensor_map.vector(0, 1)
+            _index(root, tensor_map.scalar(1, "I"), n_tensors, "signature tensor")
+
+
+def _index(table: Table, i: int, n: int, what: str) -> int:
+    if not 0 <= i < n:
+        raise table.buf.fail(f"{what} index {i} out of range (0..{n - 1})")
+    return i
+
+
+def _buffer_size(buffer: Table, data: bytes) -> int | None:
+    """Bytes of constant data in a Buffer (inline or at offset/size), None when it has none."""
+    vec = buffer.vector(0, 1)
+    offset, size = buffer.scalar(1, "Q"), buffer.scalar(2, "Q")
+    if offset > 1:
+        if offset + size > len(data):
+            raise InvalidModelError(f"truncated TFLite model: buffer data ends at {offset + size}, "
+                                    f"past the end of the file ({len(data)} bytes)")
+        return size
+    return vec[1] if vec is not None and vec[1] else None
+
+
+def _verify_subgraph(sg: Table, s: int, n_subgraphs: int, n_opcodes: int, sizes: list, data: bytes) -> None:
+    tensors = sg.tables(0)
+    n = len(tensors)
+    for t, tensor in enumerate(tensors):
+        _verify_tensor(tensor, f"subgraph {s} tensor {t}", sizes)
+    for slot, what in ((1, "input"), (2, "output")):
+        for i in sg.scalars(slot, "i") or ():
+            _index(sg, i, n, f"subgraph {s} {what} tensor")
+    sg.vector(4, 1)  # name
+    for o, op in enumerate(sg.tables(3)):
+        where = f"subgraph {s} operator {o}"
+        _index(op, op.scalar(0, "I"), n_opcodes, f"{where} opcode")
+        for slot, what in ((1, "input"), (8, "intermediate")):
+            for i in op.scalars(slot, "i") or ():
+                if i != -1:
+                    _index(op, i, n, f"{where} {what} tensor")
+        for i in op.scalars(2, "i") or ():
+            _index(op, i, n, f"{where} output tensor")
+        op.vector(5, 1)  # custom_options
+        op.vector(7, 1)  # mutating_variable_inputs
+        offset, size = op.scalar(9, "Q"), op.scalar(10, "Q")
+        if offset and offset + size > len(data):
+            raise op.buf.fail(f"{where}: custom options end at {offset + size}, past the end of the file")
+        kind = op.scalar(3, "B")
+        options = op.table(4)
+        if kind and options is not None:
+            for slot, size in _OPTION_VECTORS.get(kind, ()):
+                options.vector(slot, size)
+            for slot in _OPTION_SUBGRAPHS.get(kind, ()):
+                _index(options, options.scalar(slot, "i"), n_subgraphs, f"{where} subgraph")
+        if op.scalar(11, "B"):
+            op.table(12)  # builtin_options_2: in bounds
+
+
+def _verify_tensor(tensor: Table, where: str, sizes: list) -> None:
+    shape = tensor.scalars(0, "i") or ()
+    if len(shape) > MAX_RANK or any(d < 0 for d in shape):
+        raise tensor.buf.fail(f"{where}: bad shape {list(shape[:MAX_RANK + 1])}")
+    elements = prod(shape)
+    if elements > MAX_TENSOR_ELEMENTS:
+        raise tensor.buf.fail(f"{where}: shape {list(shape)} has {elements} elements (limit {MAX_TENSOR_ELEMENTS})")
+    signature = tensor.scalars(7, "i") or ()
+    if len(signature) > MAX_RANK or any(d < -1 for d in signature):
+        raise tensor.buf.fail(f"{where}: bad shape signature")
+    kind = tensor.scalar(1, "b")
+    if not 0 <= kind < len(schema.TENSOR_TYPES):
+        raise tensor.buf.fail(f"{where}: unknown tensor type {kind}")
+    size = sizes[_index(tensor, tensor.scalar(2, "I"), len(sizes), f"{where} buffer")]
+    tensor.vector(3, 1)  # name
+    quant = tensor.table(4)
+    if quant is not None:
+        _verify_quantization(quant, where, shape)
+    sparsity = tensor.table(6)
+    if sparsity is not None:
+        _verify_sparsity(sparsity)
+    elif size is not None and _ITEM_SIZE[kind] is not None and size != elements * _ITEM_SIZE[kind]:
+        raise tensor.buf.fail(f"{where}: {size} bytes of data for shape {list(shape)} of "
+                              f"{schema.TENSOR_TYPES[kind]}")
+    for variant in tensor.tables(9):
+        variant.vector(0, 4)
+
+
+def _verify_quantization(quant: Table, where: str, shape: tuple) -> None:
+    for slot in (0, 1):  # min, max
+        quant.vector(slot, 4)
+    scales, zero_points = quant.vector(2, 4), quant.vector(3, 8)
+    n_scales = scales[1] if scales else 0
+    n_zero = zero_points[1] if zero_points else 0
+    if n_scales and n_zero and n_scales != n_zero:
+        raise quant.buf.fail(f"{where}: {n_scales} scales but {n_zero} zero points")
+    if n_scales > 1:
+        axis = quant.scalar(6, "i")
+        if not 0 <= axis < len(shape) or shape[axis] != n_scales:
+            raise quant.buf.fail(f"{where}: {n_scales} scales do not match axis {axis} of shape {list(shape)}")
+    if quant.scalar(4, "B"):  # details union: CustomQuantization { custom: [ubyte] }
+        details = quant.table(5)
+        if details is not None:
+            details.vector(0, 1)
+
+
+def _verify_sparsity(sparsity: Table) -> None:
+    sparsity.vector(0, 4)
+    sparsity.vector(1, 4)
+    for dim in sparsity.tables(2):
+        for type_slot, slot in ((2, 3), (4, 5)):
+            kind = dim.scalar(type_slot, "B")
+            values = dim.table(slot)
+            if kind and values is not None:
+                if kind not in _SPARSE_INDEX_SIZE:
+                    raise sparsity.buf.fail(f"unknown sparse index vector type {kind}")
+                values.vector(0, _SPARSE_INDEX_SIZE[kind])
