@@ -7,8 +7,8 @@ ones. Every fault is an :class:`InvalidModelError` with one line.
 
 from __future__ import annotations
 
+import math
 import os
-from math import prod
 
 from edge import schema
 from edge.flatbuffer import FlatBuffer, InvalidModelError, Table, guarded
@@ -32,6 +32,8 @@ _OPTION_SUBGRAPHS = {
     schema.WHILE_OPTIONS: (0, 1),
     schema.CALL_ONCE_OPTIONS: (0,),
 }
+_FLOAT32_MIN_NORMAL_BITS, _FLOAT32_INF_BITS = 0x00800000, 0x7F800000
+_ZERO_POINT_RANGE = {schema.UINT8: (0, 255), schema.INT8: (-128, 127), schema.INT16: (-32768, 32767)}
 _SPARSE_INDEX_SIZE = {1: 4, 2: 2, 3: 1}  # SparseIndexVector: Int32Vector, Uint16Vector, Uint8Vector
 
 
@@ -174,9 +176,9 @@ def verify_model(model: bytes | str | os.PathLike) -> None:
     for sig in root.tables(7):  # signature_defs
         sg = subgraphs[_index(root, sig.scalar(4, "I"), len(subgraphs), "signature subgraph")]
         n_tensors = len(sg.tables(0))
-        sig.vector(2, 1)
+        _utf8(sig, 2, "signature key")
         for tensor_map in sig.tables(0) + sig.tables(1):
-            tensor_map.vector(0, 1)
+            _utf8(tensor_map, 0, "signature tensor name")
             _index(root, tensor_map.scalar(1, "I"), n_tensors, "signature tensor")
 
 
@@ -184,6 +186,15 @@ def _index(table: Table, i: int, n: int, what: str) -> int:
     if not 0 <= i < n:
         raise table.buf.fail(f"{what} index {i} out of range (0..{n - 1})")
     return i
+
+
+def _utf8(table: Table, slot: int, what: str) -> None:
+    """A string field the interpreter's Python API decodes: it must be valid UTF-8."""
+    raw = table.bytes(slot)
+    try:
+        raw is None or raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise table.buf.fail(f"{what} is not UTF-8") from None
 
 
 def _buffer_size(buffer: Table, data: bytes) -> int | None:
@@ -206,7 +217,7 @@ def _verify_subgraph(sg: Table, s: int, n_subgraphs: int, n_opcodes: int, sizes:
     for slot, what in ((1, "input"), (2, "output")):
         for i in sg.scalars(slot, "i") or ():
             _index(sg, i, n, f"subgraph {s} {what} tensor")
-    sg.vector(4, 1)  # name
+    _utf8(sg, 4, f"subgraph {s} name")
     for o, op in enumerate(sg.tables(3)):
         where = f"subgraph {s} operator {o}"
         _index(op, op.scalar(0, "I"), n_opcodes, f"{where} opcode")
@@ -236,7 +247,7 @@ def _verify_tensor(tensor: Table, where: str, sizes: list) -> None:
     shape = tensor.scalars(0, "i") or ()
     if len(shape) > MAX_RANK or any(d < 0 for d in shape):
         raise tensor.buf.fail(f"{where}: bad shape {list(shape[:MAX_RANK + 1])}")
-    elements = prod(shape)
+    elements = math.prod(shape)
     if elements > MAX_TENSOR_ELEMENTS:
         raise tensor.buf.fail(f"{where}: shape {list(shape)} has {elements} elements (limit {MAX_TENSOR_ELEMENTS})")
     signature = tensor.scalars(7, "i") or ()
@@ -246,10 +257,10 @@ def _verify_tensor(tensor: Table, where: str, sizes: list) -> None:
     if not 0 <= kind < len(schema.TENSOR_TYPES):
         raise tensor.buf.fail(f"{where}: unknown tensor type {kind}")
     size = sizes[_index(tensor, tensor.scalar(2, "I"), len(sizes), f"{where} buffer")]
-    tensor.vector(3, 1)  # name
+    _utf8(tensor, 3, f"{where} name")
     quant = tensor.table(4)
     if quant is not None:
-        _verify_quantization(quant, where, shape)
+        _verify_quantization(quant, where, shape, kind)
     sparsity = tensor.table(6)
     if sparsity is not None:
         _verify_sparsity(sparsity)
@@ -260,14 +271,22 @@ def _verify_tensor(tensor: Table, where: str, sizes: list) -> None:
         variant.vector(0, 4)
 
 
-def _verify_quantization(quant: Table, where: str, shape: tuple) -> None:
+def _verify_quantization(quant: Table, where: str, shape: tuple, kind: int) -> None:
+    """Scale and zero-point vectors agree; scales positive normal floats (kernels CHECK-abort
+    on NaN or 0 when they derive fixed-point multipliers); zero points fit an 8/16-bit type."""
     for slot in (0, 1):  # min, max
         quant.vector(slot, 4)
-    scales, zero_points = quant.vector(2, 4), quant.vector(3, 8)
-    n_scales = scales[1] if scales else 0
-    n_zero = zero_points[1] if zero_points else 0
+    scale_bits, zero_points = quant.scalars(2, "I") or (), quant.scalars(3, "q") or ()
+    n_scales, n_zero = len(scale_bits), len(zero_points)
     if n_scales and n_zero and n_scales != n_zero:
         raise quant.buf.fail(f"{where}: {n_scales} scales but {n_zero} zero points")
+    # float32 bits: a positive normal number <=> sign clear, exponent neither 0 nor all ones
+    # (a subnormal scale overflows 1 / scale: tflite QUANTIZE segfaults on it)
+    if scale_bits and not (min(scale_bits) >= _FLOAT32_MIN_NORMAL_BITS and max(scale_bits) < _FLOAT32_INF_BITS):
+        raise quant.buf.fail(f"{where}: quantization scale is not a positive normal float")
+    low, high = _ZERO_POINT_RANGE.get(kind, (-math.inf, math.inf))
+    if zero_points and not low <= min(zero_points) <= max(zero_points) <= high:
+        raise quant.buf.fail(f"{where}: zero point outside {schema.TENSOR_TYPES[kind]} range")
     if n_scales > 1:
         axis = quant.scalar(6, "i")
         if not 0 <= axis < len(shape) or shape[axis] != n_scales:

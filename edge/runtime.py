@@ -192,7 +192,10 @@ def make_interpreter(
     except (ValueError, RuntimeError) as exc:
         raise InvalidModelError(f"{source}: the {chosen.name} interpreter rejected the model: "
                                 f"{_first_line(exc)}") from None
-    inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
+    try:
+        inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
+    except (ValueError, RuntimeError) as exc:  # e.g. UnicodeDecodeError on a damaged tensor name
+        raise InvalidModelError(f"{source}: unreadable tensor details: {_first_line(exc)}") from None
     if not inputs or not outputs:
         raise InvalidModelError(f"{source}: model has no input or no output tensor")
     return LoadedModel(

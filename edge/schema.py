@@ -18,7 +18,7 @@ TENSOR_TYPES = (
     "uint64 resource variant uint32 uint16 int4 bfloat16"
 ).split()
 FLOAT32, FLOAT16, INT32, UINT8 = 0, 1, 2, 3
-INT8, FLOAT64 = 9, 10
+INT16, INT8, FLOAT64 = 7, 9, 10
 FLOAT_TYPES = frozenset({FLOAT32, FLOAT16, FLOAT64})
 INT_PIXEL_RANGES = {UINT8: (0.0, 255.0), INT8: (-128.0, 127.0)}  # raw integer pixel types
 
