@@ -19,7 +19,7 @@ from edge import schema
 from edge.flatbuffer import FlatBuffer, InvalidModelError, Table, guarded
 from edge.model_file import as_bytes, metadata_entries, model_root
 
-__all__ = ["InvalidModelError", "ModelMetadata", "metadata_dict", "read_metadata"]
+__all__ = ["InvalidModelError", "ModelMetadata", "dump_metadata", "metadata_dict", "read_metadata"]
 
 
 @dataclass(frozen=True)
@@ -157,4 +157,36 @@ def metadata_dict(meta: ModelMetadata) -> dict:
     for key in ("mean", "std", "input_min", "input_max", "warnings"):
         if out[key] is not None:
             out[key] = list(out[key])
+    return out
+
+
+def _tensor_dict(tensor: Table) -> dict:
+    content = tensor.table(3)
+    kind = content.scalar(0, "B") if content is not None else None
+    props = content.table(1) if content is not None and kind == schema.IMAGE_PROPERTIES else None
+    stats = tensor.table(5)
+    return {
+        "name": tensor.string(0),
+        "description": tensor.string(1),
+        "content": None if content is None else {"type": kind, "color_space": props and props.scalar(0, "b")},
+        "process_units": [{"type": u.scalar(0, "B"), "mean": _floats(u.table(1), 0), "std": _floats(u.table(1), 1)}
+                          for u in tensor.tables(4)],
+        "stats": None if stats is None else {"max": _floats(stats, 0), "min": _floats(stats, 1)},
+        "associated_files": [{"name": f.string(0), "description": f.string(1), "type": f.scalar(2, "b")}
+                             for f in tensor.tables(6)],
+    }
+
+
+@guarded
+def dump_metadata(model: bytes | str | os.PathLike) -> dict:
+    """Everything the metadata says, JSON-ready: :func:`metadata_dict` plus each subgraph's
+    tensor metadata as written (names, descriptions, content, process units, stats, files)."""
+    data = as_bytes(model)
+    out = {"metadata": metadata_dict(read_metadata(data)), "subgraphs": []}
+    raw = metadata_entries(model_root(data)).get(schema.METADATA_NAME)
+    if raw is not None:
+        for sg in FlatBuffer(raw, "corrupt TFLite metadata").root().tables(3):
+            out["subgraphs"].append({"name": sg.string(0), "description": sg.string(1),
+                                     "inputs": [_tensor_dict(t) for t in sg.tables(2)],
+                                     "outputs": [_tensor_dict(t) for t in sg.tables(3)]})
     return out

@@ -20,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -225,11 +226,21 @@ def judge(rc, escaped: str | None, text: str) -> tuple[str, str]:
     return "bad", f"exit {rc}: {' | '.join(lines)[:300]}"
 
 
+def _selftest(i: int) -> None:
+    """EDGE_FUZZ_SELFTEST="crash:3,hang:5" kills or stalls the worker at those mutants, so the
+    tests can prove the parent reports them and goes on."""
+    for item in filter(None, os.environ.get("EDGE_FUZZ_SELFTEST", "").split(",")):
+        kind, index = item.split(":")
+        if int(index) == i:
+            if kind == "crash":
+                os.kill(os.getpid(), signal.SIGSEGV)
+            time.sleep(3600)
+
+
 def worker(seeds: Path, seed: int, start: int, stop: int, report) -> None:
     """Classify mutants start..stop-1 in turn, writing a JSON line before and after each."""
     cache: dict = {}
-    tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"edge-fuzz-{os.getpid()}"
-    tmp.mkdir(exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="worker-"))
     model, capture = tmp / "mutant.tflite", tmp / "output.txt"
     report.write(json.dumps({"event": "ready"}) + "\n")
     report.flush()
@@ -238,6 +249,7 @@ def worker(seeds: Path, seed: int, start: int, stop: int, report) -> None:
         model.write_bytes(data)
         report.write(json.dumps({"event": "start", "i": i, "seed_model": name, "mutation": what}) + "\n")
         report.flush()
+        _selftest(i)
         outcome, detail = classify_in_process(model, seeds / "photo.bmp", capture)
         report.write(json.dumps({"event": "end", "i": i, "outcome": outcome, "detail": detail}) + "\n")
         report.flush()
@@ -267,8 +279,9 @@ def backend_command(backend: str) -> tuple[list[str], dict]:
 
 
 def _run_chunk(backend: str, seeds: Path, seed: int, start: int, stop: int, timeout: float,
-               results: list, lock: threading.Lock) -> None:
+               results: list, lock: threading.Lock, tmp: str) -> None:
     python, env = backend_command(backend)
+    env["TMPDIR"] = tmp
     while start < stop:
         proc = subprocess.Popen(
             [*python, str(Path(__file__).resolve()), "worker", str(seeds), str(seed), str(start), str(stop)],
@@ -320,12 +333,14 @@ def run_fuzz(backend: str, count: int, seed: int, seeds: Path, jobs: int = 2, ti
     results: list[Result] = []
     lock = threading.Lock()
     bounds = [round(count * k / jobs) for k in range(jobs + 1)]
-    threads = [threading.Thread(target=_run_chunk, args=(backend, seeds, seed, a, b, timeout, results, lock))
-               for a, b in zip(bounds, bounds[1:]) if b > a]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    with tempfile.TemporaryDirectory(prefix="edge-fuzz-") as tmp:  # workers' scratch, even if killed
+        threads = [threading.Thread(target=_run_chunk, args=(backend, seeds, seed, a, b, timeout, results, lock,
+                                                             tmp))
+                   for a, b in zip(bounds, bounds[1:]) if b > a]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
     if len(results) != count:
         raise RuntimeError(f"fuzz run lost mutants: {len(results)} results for {count}")
     return sorted(results, key=lambda r: r.i)
