@@ -174,7 +174,10 @@ class Classifier:
         except ValueError as exc:
             raise InferenceError(f"cannot set the input: {' '.join(str(exc).split())}") from None
         invoke(self._interpreter)
-        raw = self._interpreter.get_tensor(self.model.output.index)[0]
+        try:
+            raw = self._interpreter.get_tensor(self.model.output.index)[0]
+        except ValueError as exc:  # e.g. an output no operator writes: "Tensor data is null"
+            raise InferenceError(f"cannot read the output: {' '.join(str(exc).split())}") from None
         return to_scores(raw, self.model.output.quantization)
 
     def scores(self, image: np.ndarray) -> np.ndarray:

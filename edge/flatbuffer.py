@@ -55,7 +55,10 @@ class FlatBuffer:
         return self.data[pos : pos + size]
 
     def root(self) -> "Table":
-        return Table(self, self.u32(0), 0)
+        off = self.u32(0)
+        if not 0 < off < 0x80000000:
+            raise self.fail(f"bad root offset {off}")
+        return Table(self, off, 0)
 
 
 class Table:
@@ -97,7 +100,12 @@ class Table:
         return self.field(slot) is not None
 
     def _deref(self, pos: int) -> int:
-        return pos + self.buf.u32(pos)
+        """Follow a uoffset: 0 (pointing at itself) and >= 2**31 are invalid, as flatbuffers'
+        own verifier says."""
+        off = self.buf.u32(pos)
+        if not 0 < off < 0x80000000:
+            raise self.buf.fail(f"bad offset {off} at {pos}")
+        return pos + off
 
     def scalar(self, slot: int, fmt: str, default=0):
         pos = self.field(slot)

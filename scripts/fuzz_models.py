@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         if r.outcome in model_fuzz.FAILURES:
             print(f"  {r.outcome}: seed {args.seed} mutant {r.i} ({r.seed_model}: {r.mutation}): {r.detail}")
     if args.errors:
-        kinds = collections.Counter(re.sub(r"\d+", "N", r.detail.split(": ", 1)[-1])[:100]
+        kinds = collections.Counter(re.sub(r"b'.*?'|b\".*?\"|\d+", "N", r.detail.split(": ", 1)[-1])[:100]
                                     for r in results if r.outcome == "error")
         for kind, n in kinds.most_common():
             print(f"  {n:5d}  {kind}")

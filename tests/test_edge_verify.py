@@ -178,12 +178,26 @@ def _orphan_input(model) -> None:
     sg.operators[3].inputs = np.array([len(sg.tensors) - 1], np.int32)
 
 
-@pytest.mark.parametrize("command", ["classify", "bench"])
+def _grey_video(path: Path) -> Path:
+    cv2 = pytest.importorskip("cv2")
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    for _ in range(3):
+        writer.write(np.full((48, 64, 3), 128, np.uint8))
+    writer.release()
+    return path
+
+
+@pytest.mark.parametrize("command", ["classify", "bench", "camera"])
 def test_invoke_failure_is_one_line_exit_2(tmp_path, command):
     model = tmp_path / "orphan.tflite"
     model.write_bytes(repack(FLOAT, _orphan_input))
     verify_model(model)  # structurally valid: the failure is the interpreter's
-    args = [PHOTO] if command == "classify" else ["--runs", "1", "--warmup", "0"]
+    if command == "classify":
+        args = [PHOTO]
+    elif command == "bench":
+        args = ["--runs", "1", "--warmup", "0"]
+    else:
+        args = ["--source", _grey_video(tmp_path / "grey.avi"), "--headless"]
     proc = run_edge(command, model, *args)
     assert proc.returncode == 2, proc.stderr
     assert stderr_lines(proc) == [f"error: {model}: inference failed: Input tensor 9 lacks data"], proc.stderr
