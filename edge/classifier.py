@@ -108,8 +108,8 @@ def check_image_classifier(model: LoadedModel) -> None:
     for what, t in (("input", i), ("output", o)):
         if t.dtype.kind not in "fiu" or not np.isfinite(t.scale) or t.scale < 0:
             raise InvalidModelError(f"{model.source}: unsupported {what} tensor {t.dtype} scale {t.scale}")
-    if not o.shape or int(np.prod(o.shape[1:])) < 1:
-        raise InvalidModelError(f"{model.source}: output shape {list(o.shape)} holds no scores")
+    if len(o.shape) < 2 or o.shape[0] != 1 or int(np.prod(o.shape[1:])) < 1:
+        raise InvalidModelError(f"{model.source}: output shape {list(o.shape)} is not one score vector (1, C)")
 
 
 def _raw_pixel_plan(dtype: np.dtype) -> InputPlan:
@@ -175,10 +175,12 @@ class Classifier:
             raise InferenceError(f"cannot set the input: {' '.join(str(exc).split())}") from None
         invoke(self._interpreter)
         try:
-            raw = self._interpreter.get_tensor(self.model.output.index)[0]
+            out = self._interpreter.get_tensor(self.model.output.index)
         except ValueError as exc:  # e.g. an output no operator writes: "Tensor data is null"
             raise InferenceError(f"cannot read the output: {' '.join(str(exc).split())}") from None
-        return to_scores(raw, self.model.output.quantization)
+        if out.ndim < 2 or out.shape[0] != 1 or out.size == 0:
+            raise InferenceError(f"output shape {list(out.shape)} is not one score vector (1, C)")
+        return to_scores(out[0], self.model.output.quantization)
 
     def scores(self, image: np.ndarray) -> np.ndarray:
         """One RGB uint8 image (any size) -> float32 class scores."""
