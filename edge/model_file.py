@@ -157,17 +157,17 @@ def verify_model(model: bytes | str | os.PathLike) -> None:
     """
     data = as_bytes(model)
     root = model_root(data)
-    n_opcodes = len(root.tables(1))
-    for oc in root.tables(1):
+    opcodes = root.tables(1)
+    for oc in opcodes:
         oc.vector(1, 1)  # custom_code
         if oc.scalar(3, "i") < 0:
             raise root.buf.fail(f"negative builtin code {oc.scalar(3, 'i')}")
     sizes = [_buffer_size(b, data) for b in root.tables(4)]
     subgraphs = root.tables(2)
     if not subgraphs:
-        raise InvalidModelError("corrupt TFLite model: no subgraphs")
+        raise root.buf.fail("no subgraphs")
     for s, sg in enumerate(subgraphs):
-        _verify_subgraph(sg, s, len(subgraphs), n_opcodes, sizes, data)
+        _verify_subgraph(sg, s, len(subgraphs), len(opcodes), sizes, data)
     for entry in root.tables(6):  # metadata
         entry.vector(0, 1)
         _index(root, entry.scalar(1, "I"), len(sizes), "metadata buffer")
@@ -191,10 +191,11 @@ def _index(table: Table, i: int, n: int, what: str) -> int:
 def _utf8(table: Table, slot: int, what: str) -> None:
     """A string field the interpreter's Python API decodes: it must be valid UTF-8."""
     raw = table.bytes(slot)
-    try:
-        raw is None or raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise table.buf.fail(f"{what} is not UTF-8") from None
+    if raw is not None:
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise table.buf.fail(f"{what} is not UTF-8") from None
 
 
 def _buffer_size(buffer: Table, data: bytes) -> int | None:

@@ -160,7 +160,7 @@ class Mutator:
             del self.data[self.rng.randrange(start, len(self.data)):]
         else:  # claim a UTF-8 name and make it invalid UTF-8, in the central directory
             central = self.data.rfind(b"PK\x01\x02")
-            if central >= 0:
+            if 0 <= central < len(self.data) - 47:
                 self.data[central + 8] |= 0x08
                 self.data[central + 9] |= 0x08
                 self.data[central + 46] = 0xFF
@@ -169,7 +169,11 @@ class Mutator:
     def mutate(self) -> str:
         ops = [self.truncate, self.bitflip, self.offset, self.offset, self.zero, self.junk, self.zip]
         count = 1 if self.rng.random() < 0.7 else self.rng.randint(2, 3)
-        return " ".join(self.rng.choice(ops)() for _ in range(count))
+        done = []
+        for _ in range(count):
+            op = self.rng.choice(ops)
+            done.append(op() if len(self.data) >= 64 else self.junk())  # a stub only grows
+        return " ".join(done)
 
 
 def make_mutant(seeds: Path, seed: int, index: int, cache: dict) -> tuple[str, str, bytes]:
