@@ -34,6 +34,18 @@ _OPTION_SUBGRAPHS = {
 }
 _FLOAT32_MIN_NORMAL_BITS, _FLOAT32_INF_BITS = 0x00800000, 0x7F800000
 _ZERO_POINT_RANGE = {schema.UINT8: (0, 255), schema.INT8: (-128, 127), schema.INT16: (-32768, 32767)}
+# activation scales of one operator further apart than this are damage: real models stay
+# within ~130x, and ADD/SUB CHECK-abort (tflite-runtime) from 2**19 on
+MAX_SCALE_RATIO = 2.0**16
+# ops whose options carry strides/filter sizes that must be >= 1: op -> (options member, slots)
+_STRIDED_OPS = {
+    schema.BUILTIN_OPS.index("CONV_2D"): (schema.CONV_2D_OPTIONS, (1, 2, 4, 5)),
+    schema.BUILTIN_OPS.index("DEPTHWISE_CONV_2D"): (schema.DEPTHWISE_CONV_2D_OPTIONS, (1, 2, 3, 5, 6)),
+    schema.BUILTIN_OPS.index("AVERAGE_POOL_2D"): (schema.POOL_2D_OPTIONS, (1, 2, 3, 4)),
+    schema.BUILTIN_OPS.index("MAX_POOL_2D"): (schema.POOL_2D_OPTIONS, (1, 2, 3, 4)),
+    schema.BUILTIN_OPS.index("L2_POOL_2D"): (schema.POOL_2D_OPTIONS, (1, 2, 3, 4)),
+    schema.BUILTIN_OPS.index("TRANSPOSE_CONV"): (schema.TRANSPOSE_CONV_OPTIONS, (1, 2)),
+}
 _SPARSE_INDEX_SIZE = {1: 4, 2: 2, 3: 1}  # SparseIndexVector: Int32Vector, Uint16Vector, Uint8Vector
 
 
@@ -157,17 +169,18 @@ def verify_model(model: bytes | str | os.PathLike) -> None:
     """
     data = as_bytes(model)
     root = model_root(data)
-    opcodes = root.tables(1)
-    for oc in opcodes:
+    codes = []
+    for oc in root.tables(1):
         oc.vector(1, 1)  # custom_code
         if oc.scalar(3, "i") < 0:
             raise root.buf.fail(f"negative builtin code {oc.scalar(3, 'i')}")
+        codes.append(max(oc.scalar(0, "b"), oc.scalar(3, "i")))
     sizes = [_buffer_size(b, data) for b in root.tables(4)]
     subgraphs = root.tables(2)
     if not subgraphs:
         raise root.buf.fail("no subgraphs")
     for s, sg in enumerate(subgraphs):
-        _verify_subgraph(sg, s, len(subgraphs), len(opcodes), sizes, data)
+        _verify_subgraph(sg, s, len(subgraphs), codes, sizes, data)
     for entry in root.tables(6):  # metadata
         entry.vector(0, 1)
         _index(root, entry.scalar(1, "I"), len(sizes), "metadata buffer")
@@ -210,24 +223,39 @@ def _buffer_size(buffer: Table, data: bytes) -> int | None:
     return vec[1] if vec is not None and vec[1] else None
 
 
-def _verify_subgraph(sg: Table, s: int, n_subgraphs: int, n_opcodes: int, sizes: list, data: bytes) -> None:
+def _verify_subgraph(sg: Table, s: int, n_subgraphs: int, codes: list[int], sizes: list, data: bytes) -> None:
+    """Tensors, then operators in execution order: each input already holds data (graph input,
+    constant, variable or an earlier output), each output is written once, activation scales
+    of one operator stay within MAX_SCALE_RATIO, strided ops carry their strides."""
     tensors = sg.tables(0)
     n = len(tensors)
+    scales: list[float | None] = []  # single scale of a non-constant quantized tensor
+    ready = set()
     for t, tensor in enumerate(tensors):
-        _verify_tensor(tensor, f"subgraph {s} tensor {t}", sizes)
-    for slot, what in ((1, "input"), (2, "output")):
-        for i in sg.scalars(slot, "i") or ():
-            _index(sg, i, n, f"subgraph {s} {what} tensor")
+        constant, scale = _verify_tensor(tensor, f"subgraph {s} tensor {t}", sizes)
+        scales.append(None if constant else scale)
+        if constant or tensor.scalar(5, "B"):  # data, or is_variable
+            ready.add(t)
+    for i in sg.scalars(1, "i") or ():
+        ready.add(_index(sg, i, n, f"subgraph {s} input tensor"))
     _utf8(sg, 4, f"subgraph {s} name")
     for o, op in enumerate(sg.tables(3)):
         where = f"subgraph {s} operator {o}"
-        _index(op, op.scalar(0, "I"), n_opcodes, f"{where} opcode")
-        for slot, what in ((1, "input"), (8, "intermediate")):
-            for i in op.scalars(slot, "i") or ():
-                if i != -1:
-                    _index(op, i, n, f"{where} {what} tensor")
-        for i in op.scalars(2, "i") or ():
-            _index(op, i, n, f"{where} output tensor")
+        code = codes[_index(op, op.scalar(0, "I"), len(codes), f"{where} opcode")]
+        inputs, outputs = op.scalars(1, "i") or (), op.scalars(2, "i") or ()
+        for i in inputs:
+            if i != -1 and _index(op, i, n, f"{where} input tensor") not in ready:
+                raise op.buf.fail(f"{where} reads tensor {i} before anything writes it")
+        for i in op.scalars(8, "i") or ():
+            if i != -1:
+                _index(op, i, n, f"{where} intermediate tensor")
+        for i in outputs:
+            if _index(op, i, n, f"{where} output tensor") in ready:
+                raise op.buf.fail(f"{where} writes tensor {i}, which already holds data")
+            ready.add(i)
+        used = [scales[i] for i in (*inputs, *outputs) if i != -1 and scales[i] is not None]
+        if len(used) > 1 and max(used) > MAX_SCALE_RATIO * min(used):
+            raise op.buf.fail(f"{where}: activation scales {min(used):.3g}..{max(used):.3g} are implausibly far apart")
         op.vector(5, 1)  # custom_options
         op.vector(7, 1)  # mutating_variable_inputs
         offset, size = op.scalar(9, "Q"), op.scalar(10, "Q")
@@ -240,11 +268,19 @@ def _verify_subgraph(sg: Table, s: int, n_subgraphs: int, n_opcodes: int, sizes:
                 options.vector(slot, size)
             for slot in _OPTION_SUBGRAPHS.get(kind, ()):
                 _index(options, options.scalar(slot, "i"), n_subgraphs, f"{where} subgraph")
+        if code in _STRIDED_OPS:  # zero-default params divide by zero (tflite-runtime: SIGFPE)
+            expected, slots = _STRIDED_OPS[code]
+            if kind != expected or options is None or min(options.scalar(k, "i", 1) for k in slots) < 1:
+                raise op.buf.fail(f"{where}: {schema.BUILTIN_OPS[code]} without valid strides/options")
         if op.scalar(11, "B"):
             op.table(12)  # builtin_options_2: in bounds
+    for i in sg.scalars(2, "i") or ():
+        if _index(sg, i, n, f"subgraph {s} output tensor") not in ready:
+            raise sg.buf.fail(f"subgraph {s} output tensor {i} is never written")
 
 
-def _verify_tensor(tensor: Table, where: str, sizes: list) -> None:
+def _verify_tensor(tensor: Table, where: str, sizes: list) -> tuple[bool, float | None]:
+    """Check one tensor; (holds constant data, its single quantization scale or None)."""
     shape = tensor.scalars(0, "i") or ()
     if len(shape) > MAX_RANK or any(d < 0 for d in shape):
         raise tensor.buf.fail(f"{where}: bad shape {list(shape[:MAX_RANK + 1])}")
@@ -260,8 +296,7 @@ def _verify_tensor(tensor: Table, where: str, sizes: list) -> None:
     size = sizes[_index(tensor, tensor.scalar(2, "I"), len(sizes), f"{where} buffer")]
     _utf8(tensor, 3, f"{where} name")
     quant = tensor.table(4)
-    if quant is not None:
-        _verify_quantization(quant, where, shape, kind)
+    scale = _verify_quantization(quant, where, shape, kind) if quant is not None else None
     sparsity = tensor.table(6)
     if sparsity is not None:
         _verify_sparsity(sparsity)
@@ -270,9 +305,10 @@ def _verify_tensor(tensor: Table, where: str, sizes: list) -> None:
                               f"{schema.TENSOR_TYPES[kind]}")
     for variant in tensor.tables(9):
         variant.vector(0, 4)
+    return size is not None or elements == 0, scale
 
 
-def _verify_quantization(quant: Table, where: str, shape: tuple, kind: int) -> None:
+def _verify_quantization(quant: Table, where: str, shape: tuple, kind: int) -> float | None:
     """Scale and zero-point vectors agree; scales positive normal floats (kernels CHECK-abort
     on NaN or 0 when they derive fixed-point multipliers); zero points fit an 8/16-bit type."""
     for slot in (0, 1):  # min, max
@@ -296,6 +332,7 @@ def _verify_quantization(quant: Table, where: str, shape: tuple, kind: int) -> N
         details = quant.table(5)
         if details is not None:
             details.vector(0, 1)
+    return quant.scalars(2, "f")[0] if n_scales == 1 else None
 
 
 def _verify_sparsity(sparsity: Table) -> None:

@@ -47,7 +47,8 @@ RIGHT_SHIFT
 """.split()
 CUSTOM_OP = BUILTIN_OPS.index("CUSTOM")
 
-# BuiltinOptions union members whose tables hold vectors or subgraph indices the runtime reads.
+# BuiltinOptions union members: strided ops, and tables holding vectors or subgraph indices.
+CONV_2D_OPTIONS, DEPTHWISE_CONV_2D_OPTIONS, POOL_2D_OPTIONS, TRANSPOSE_CONV_OPTIONS = 1, 2, 5, 49
 CALL_OPTIONS, RESHAPE_OPTIONS, SQUEEZE_OPTIONS = 16, 17, 30
 CONCAT_EMBEDDINGS_OPTIONS, BUCKETIZE_OPTIONS, VAR_HANDLE_OPTIONS = 3, 115, 111
 IF_OPTIONS, WHILE_OPTIONS, CALL_ONCE_OPTIONS = 92, 93, 103

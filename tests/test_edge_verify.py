@@ -170,12 +170,34 @@ def test_damaged_labels_zip_warns_and_classifies_by_index(tmp_path):
 
 
 def _orphan_input(model) -> None:
-    """SOFTMAX reads a tensor no op produces: loads and allocates, fails in invoke."""
+    """SOFTMAX reads a tensor no operator writes (tflite-runtime: null data, then a crash)."""
     sg = _sg(model)
     orphan = copy.deepcopy(sg.tensors[7])
     orphan.name, orphan.buffer = b"orphan", 0
     sg.tensors.append(orphan)
     sg.operators[3].inputs = np.array([len(sg.tensors) - 1], np.int32)
+
+
+def _conv_without_options(model) -> None:
+    _sg(model).operators[0].builtinOptionsType = 0  # tflite-runtime 2.14: SIGFPE (stride 0)
+
+
+def _scale_far_apart(model) -> None:
+    _sg(model).tensors[6].quantization.scale = np.array([1e-20], np.float32)  # tflite-runtime: SIGABRT
+
+
+@pytest.mark.parametrize("edit,match", [
+    (_orphan_input, "reads tensor 9 before anything writes it"),
+    (lambda m: _set(_sg(m).operators[2], "outputs", np.array([5], np.int32)), "writes tensor 5, which already"),
+    (lambda m: _set(_sg(m), "outputs", np.array([9], np.int32)), "output tensor index 9"),
+    (_conv_without_options, "CONV_2D without valid strides"),
+], ids=["orphan input", "second writer", "graph output", "conv options"])
+def test_operator_order_and_options(edit, match):
+    rejected(repack(FLOAT, edit), match)
+
+
+def test_activation_scales_of_one_operator_stay_close():
+    rejected(repack(INT8, _scale_far_apart), "implausibly far apart")
 
 
 def _grey_video(path: Path) -> Path:
@@ -187,20 +209,39 @@ def _grey_video(path: Path) -> Path:
     return path
 
 
+class _FailingInvoke:
+    """Wraps a real interpreter; invoke fails the way a kernel does (multi-line message)."""
+
+    def __init__(self, real, **kwargs):
+        self._real = real(**kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    def invoke(self):
+        raise RuntimeError("tflite/kernels/gather.cc:158 indices out of bounds\nNode number 3 (GATHER) failed to invoke.")
+
+
 @pytest.mark.parametrize("command", ["classify", "bench", "camera"])
-def test_invoke_failure_is_one_line_exit_2(tmp_path, command):
-    model = tmp_path / "orphan.tflite"
-    model.write_bytes(repack(FLOAT, _orphan_input))
-    verify_model(model)  # structurally valid: the failure is the interpreter's
+def test_invoke_failure_is_one_line_exit_2(tmp_path, command, monkeypatch, capsys):
+    from edge import runtime
+    from edge.cli import app
+
+    real = runtime.load_backend("ai_edge_litert")
+    failing = runtime.Backend(real.name, lambda **kw: _FailingInvoke(real.interpreter_class, **kw), real.load_delegate)
+    monkeypatch.setattr(runtime, "load_backend", lambda name=None: failing)
+    model = tmp_path / "tiny.tflite"
+    model.write_bytes(FLOAT)
     if command == "classify":
         args = [PHOTO]
     elif command == "bench":
         args = ["--runs", "1", "--warmup", "0"]
     else:
         args = ["--source", _grey_video(tmp_path / "grey.avi"), "--headless"]
-    proc = run_edge(command, model, *args)
-    assert proc.returncode == 2, proc.stderr
-    assert stderr_lines(proc) == [f"error: {model}: inference failed: Input tensor 9 lacks data"], proc.stderr
+    capsys.readouterr()
+    assert app([command, str(model), *map(str, args)], standalone_mode=False) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert err == [f"error: {model}: inference failed: tflite/kernels/gather.cc:158 indices out of bounds"]
 
 
 def test_non_image_input_is_one_line_exit_2(tmp_path):
