@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import struct
 
 from edge import schema
 from edge.flatbuffer import FlatBuffer, InvalidModelError, Table, guarded
@@ -33,19 +34,30 @@ _OPTION_SUBGRAPHS = {
     schema.CALL_ONCE_OPTIONS: (0,),
 }
 _FLOAT32_MIN_NORMAL_BITS, _FLOAT32_INF_BITS = 0x00800000, 0x7F800000
+_F32 = struct.Struct("<f")
 _ZERO_POINT_RANGE = {schema.UINT8: (0, 255), schema.INT8: (-128, 127), schema.INT16: (-32768, 32767)}
 # activation scales of one operator further apart than this are damage: real models stay
 # within ~130x, and ADD/SUB CHECK-abort (tflite-runtime) from 2**19 on
 MAX_SCALE_RATIO = 2.0**16
+_OP = schema.BUILTIN_OPS.index
 # ops whose options carry strides/filter sizes that must be >= 1: op -> (options member, slots)
 _STRIDED_OPS = {
-    schema.BUILTIN_OPS.index("CONV_2D"): (schema.CONV_2D_OPTIONS, (1, 2, 4, 5)),
-    schema.BUILTIN_OPS.index("DEPTHWISE_CONV_2D"): (schema.DEPTHWISE_CONV_2D_OPTIONS, (1, 2, 3, 5, 6)),
-    schema.BUILTIN_OPS.index("AVERAGE_POOL_2D"): (schema.POOL_2D_OPTIONS, (1, 2, 3, 4)),
-    schema.BUILTIN_OPS.index("MAX_POOL_2D"): (schema.POOL_2D_OPTIONS, (1, 2, 3, 4)),
-    schema.BUILTIN_OPS.index("L2_POOL_2D"): (schema.POOL_2D_OPTIONS, (1, 2, 3, 4)),
-    schema.BUILTIN_OPS.index("TRANSPOSE_CONV"): (schema.TRANSPOSE_CONV_OPTIONS, (1, 2)),
+    _OP("CONV_2D"): (schema.CONV_2D_OPTIONS, (1, 2, 4, 5)),
+    _OP("DEPTHWISE_CONV_2D"): (schema.DEPTHWISE_CONV_2D_OPTIONS, (1, 2, 3, 5, 6)),
+    _OP("AVERAGE_POOL_2D"): (schema.POOL_2D_OPTIONS, (1, 2, 3, 4)),
+    _OP("MAX_POOL_2D"): (schema.POOL_2D_OPTIONS, (1, 2, 3, 4)),
+    _OP("L2_POOL_2D"): (schema.POOL_2D_OPTIONS, (1, 2, 3, 4)),
+    _OP("TRANSPOSE_CONV"): (schema.TRANSPOSE_CONV_OPTIONS, (1, 2)),
 }
+# inputs that must not be -1: op -> how many leading inputs are required (the rest: optional)
+_REQUIRED_INPUTS = {
+    **{_OP(name): 2 for name in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")},
+    _OP("TRANSPOSE_CONV"): 3,
+    **{_OP(name): 64 for name in ("ADD", "SUB", "MUL", "DIV", "AVERAGE_POOL_2D", "MAX_POOL_2D", "CONCATENATION",
+                                  "DEQUANTIZE", "QUANTIZE", "MEAN", "PAD", "SOFTMAX", "SQUEEZE", "RELU", "RELU6",
+                                  "LOGISTIC", "TANH", "HARD_SWISH", "L2_NORMALIZATION")},
+}
+_BIASED_OPS = {_OP("CONV_2D"), _OP("DEPTHWISE_CONV_2D"), _OP("FULLY_CONNECTED")}
 _SPARSE_INDEX_SIZE = {1: 4, 2: 2, 3: 1}  # SparseIndexVector: Int32Vector, Uint16Vector, Uint8Vector
 
 
@@ -229,11 +241,14 @@ def _verify_subgraph(sg: Table, s: int, n_subgraphs: int, codes: list[int], size
     of one operator stay within MAX_SCALE_RATIO, strided ops carry their strides."""
     tensors = sg.tables(0)
     n = len(tensors)
+    scale_vectors: list[tuple[int, int] | None] = []  # (start, count) of each tensor's scales
     scales: list[float | None] = []  # single scale of a non-constant quantized tensor
     ready = set()
     for t, tensor in enumerate(tensors):
-        constant, scale = _verify_tensor(tensor, f"subgraph {s} tensor {t}", sizes)
-        scales.append(None if constant else scale)
+        constant, vec = _verify_tensor(tensor, f"subgraph {s} tensor {t}", sizes)
+        scale_vectors.append(vec)
+        single = vec is not None and vec[1] == 1 and not constant
+        scales.append(_F32.unpack_from(data, vec[0])[0] if single else None)
         if constant or tensor.scalar(5, "B"):  # data, or is_variable
             ready.add(t)
     for i in sg.scalars(1, "i") or ():
@@ -243,9 +258,14 @@ def _verify_subgraph(sg: Table, s: int, n_subgraphs: int, codes: list[int], size
         where = f"subgraph {s} operator {o}"
         code = codes[_index(op, op.scalar(0, "I"), len(codes), f"{where} opcode")]
         inputs, outputs = op.scalars(1, "i") or (), op.scalars(2, "i") or ()
-        for i in inputs:
+        required = _REQUIRED_INPUTS.get(code, 0)
+        for k, i in enumerate(inputs):
+            if i == -1 and k < required:
+                raise op.buf.fail(f"{where}: required input {k} is missing")
             if i != -1 and _index(op, i, n, f"{where} input tensor") not in ready:
                 raise op.buf.fail(f"{where} reads tensor {i} before anything writes it")
+        if code in _BIASED_OPS and len(inputs) > 2 and -1 not in inputs[:3]:
+            _check_bias_scales(op, where, data, [scale_vectors[i] for i in inputs[:3]])
         for i in op.scalars(8, "i") or ():
             if i != -1:
                 _index(op, i, n, f"{where} intermediate tensor")
@@ -279,8 +299,22 @@ def _verify_subgraph(sg: Table, s: int, n_subgraphs: int, codes: list[int], size
             raise sg.buf.fail(f"subgraph {s} output tensor {i} is never written")
 
 
-def _verify_tensor(tensor: Table, where: str, sizes: list) -> tuple[bool, float | None]:
-    """Check one tensor; (holds constant data, its single quantization scale or None)."""
+def _check_bias_scales(op: Table, where: str, data: bytes, vectors: list) -> None:
+    """Quantized conv/FC: bias scale = input scale x filter scale (per channel), as the
+    converter writes it; a damaged filter or bias scale crashes kernels and XNNPACK."""
+    if any(v is None for v in vectors) or vectors[0][1] != 1:
+        return
+    import numpy as np  # only here: edge.model_file itself stays light to import
+
+    x, w, b = (np.frombuffer(data, "<f4", count, start).astype(np.float64) for start, count in vectors)
+    if w.size != b.size and 1 not in (w.size, b.size):
+        raise op.buf.fail(f"{where}: {w.size} filter scales but {b.size} bias scales")
+    if not np.allclose(b, x[0] * w, rtol=1e-3, atol=0.0):
+        raise op.buf.fail(f"{where}: bias scales do not equal input scale x filter scales")
+
+
+def _verify_tensor(tensor: Table, where: str, sizes: list) -> tuple[bool, tuple[int, int] | None]:
+    """Check one tensor; (holds constant data, (start, count) of its quantization scales)."""
     shape = tensor.scalars(0, "i") or ()
     if len(shape) > MAX_RANK or any(d < 0 for d in shape):
         raise tensor.buf.fail(f"{where}: bad shape {list(shape[:MAX_RANK + 1])}")
@@ -308,7 +342,7 @@ def _verify_tensor(tensor: Table, where: str, sizes: list) -> tuple[bool, float 
     return size is not None or elements == 0, scale
 
 
-def _verify_quantization(quant: Table, where: str, shape: tuple, kind: int) -> float | None:
+def _verify_quantization(quant: Table, where: str, shape: tuple, kind: int) -> tuple[int, int] | None:
     """Scale and zero-point vectors agree; scales positive normal floats (kernels CHECK-abort
     on NaN or 0 when they derive fixed-point multipliers); zero points fit an 8/16-bit type."""
     for slot in (0, 1):  # min, max
@@ -332,7 +366,7 @@ def _verify_quantization(quant: Table, where: str, shape: tuple, kind: int) -> f
         details = quant.table(5)
         if details is not None:
             details.vector(0, 1)
-    return quant.scalars(2, "f")[0] if n_scales == 1 else None
+    return quant.vector(2, 4) if n_scales else None
 
 
 def _verify_sparsity(sparsity: Table) -> None:

@@ -200,6 +200,19 @@ def test_activation_scales_of_one_operator_stay_close():
     rejected(repack(INT8, _scale_far_apart), "implausibly far apart")
 
 
+def _filter_scale_off(model) -> None:
+    quant = _sg(model).tensors[4].quantization  # the conv filter, 4 channels
+    quant.scale = (quant.scale * np.array([1, 1, 2.0**64, 1])).astype(np.float32)
+
+
+def test_required_inputs_and_bias_scales():
+    """Both found by fuzzing: a conv without its filter (ai-edge-litert: segfault / bad_alloc),
+    a per-channel filter scale off by 2**64 (ai-edge-litert: double free)."""
+    rejected(repack(FLOAT, lambda m: _set(_sg(m).operators[0], "inputs", np.array([0, -1, 3], np.int32))),
+             "required input 1 is missing")
+    rejected(repack(INT8, _filter_scale_off), "bias scales do not equal input scale x filter scales")
+
+
 def _grey_video(path: Path) -> Path:
     cv2 = pytest.importorskip("cv2")
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
