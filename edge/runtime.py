@@ -3,7 +3,7 @@
 Backend order: ``ai_edge_litert`` (current), ``tflite_runtime`` (legacy Pi wheels), and only if
 neither is installed ``tensorflow.lite``. ``EDGE_TRANSFER_BACKEND`` forces one of them (tests
 use it to prove the legacy runtime works). Model bytes are verified with
-:func:`edge.model_file.verify_model` before the C++ runtime sees them: old runtimes crash on
+:func:`edge.verify.verify_model` before the C++ runtime sees them: old runtimes crash on
 damaged files instead of raising.
 """
 
@@ -21,7 +21,8 @@ import numpy as np
 
 from edge.flatbuffer import InvalidModelError
 from edge.metadata import ModelMetadata, read_metadata
-from edge.model_file import read_model_bytes, verify_model
+from edge.model_file import read_model_bytes
+from edge.verify import verify_model
 
 BACKENDS = ("ai_edge_litert", "tflite_runtime", "tensorflow")
 BACKEND_ENV = "EDGE_TRANSFER_BACKEND"
@@ -123,7 +124,7 @@ def load_backend(name: str | None = None) -> Backend:
 
 
 def check_model_bytes(data: bytes) -> ModelMetadata:
-    """Verify a model's whole structure (edge.model_file.verify_model) and return its
+    """Verify a model's whole structure (edge.verify.verify_model) and return its
     metadata; raises InvalidModelError with one line."""
     verify_model(data)
     return read_metadata(data)

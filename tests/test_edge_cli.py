@@ -9,8 +9,8 @@ import pytest
 
 from test_edge_support import AUTOML, CORAL_V2, FLOWERS, REPO, run_edge, stderr_lines
 
-EDGE_MODULES = ["edge", "edge.runtime", "edge.flatbuffer", "edge.schema", "edge.model_file", "edge.metadata",
-                "edge.preprocess", "edge.postprocess", "edge.classifier", "edge.camera", "edge.cli"]
+EDGE_MODULES = ["edge", "edge.runtime", "edge.flatbuffer", "edge.schema", "edge.model_file", "edge.verify",
+                "edge.metadata", "edge.preprocess", "edge.postprocess", "edge.classifier", "edge.camera", "edge.cli"]
 
 
 @pytest.fixture()

@@ -1,4 +1,4 @@
-"""edge.model_file.verify_model: accepts every real model, rejects each kind of structural
+"""edge.verify.verify_model: accepts every real model, rejects each kind of structural
 damage with one line before an interpreter sees it; damaged labels and failing invokes are
 one-line outcomes of the CLI."""
 
@@ -14,7 +14,8 @@ import pytest
 
 from edge.flatbuffer import InvalidModelError
 from edge.metadata import read_metadata
-from edge.model_file import MAX_RANK, model_root, verify_model
+from edge.model_file import model_root
+from edge.verify import MAX_RANK, verify_model
 from test_edge_support import CORAL, REPO, SUPPORT, json_lines, run_edge, stderr_lines
 
 TINY = REPO / "tests" / "data"

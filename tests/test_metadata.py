@@ -340,7 +340,7 @@ def test_reader_needs_no_tensorflow_or_flatbuffers():
     import sys
 
     code = (
-        "import sys, edge.metadata, edge.model_file, edge.runtime; "
+        "import sys, edge.metadata, edge.model_file, edge.verify, edge.runtime; "
         "bad = {'tensorflow', 'flatbuffers', 'tflite_support', 'keras'} & set(sys.modules); "
         "assert not bad, bad"
     )
