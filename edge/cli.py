@@ -112,6 +112,7 @@ def classify(
 ) -> None:
     """Classify photos; one line (or JSON object) per image. Exit 1 if any image failed."""
     from edge.classifier import ClassifierOptions
+    from edge.runtime import InferenceError
 
     options = ClassifierOptions(
         model=model,
@@ -126,8 +127,6 @@ def classify(
     inputs = expand_inputs(paths)
     if not inputs:
         raise _fail(f"no images found in {' '.join(paths)}", EXIT_IMAGE_ERROR)
-    from edge.runtime import InferenceError
-
     classifier = load_classifier(options)
     failed = False
     try:
