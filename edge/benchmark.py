@@ -13,7 +13,7 @@ from typing import Iterable
 
 import numpy as np
 
-from edge.runtime import LoadedModel
+from edge.runtime import LoadedModel, invoke
 
 MB = 1_000_000
 
@@ -62,12 +62,12 @@ def time_invoke(model: LoadedModel, runs: int = 50, warmup: int = 5, seed: int =
     interpreter, index = model.interpreter, model.input.index
     for _ in range(warmup):
         interpreter.set_tensor(index, data)
-        interpreter.invoke()
+        invoke(interpreter)
     times = np.empty(max(1, runs))
     for i in range(len(times)):
         start = time.perf_counter()
         interpreter.set_tensor(index, data)
-        interpreter.invoke()
+        invoke(interpreter)
         times[i] = (time.perf_counter() - start) * 1000
     return Timing.of(times)
 

@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from edge import preprocess
+from edge.flatbuffer import InvalidModelError
 from edge.metadata import ModelMetadata
 from edge.postprocess import Category, read_labels, to_scores, top_categories
-from edge.runtime import LoadedModel, TensorInfo, make_interpreter
+from edge.runtime import InferenceError, LoadedModel, TensorInfo, invoke, make_interpreter
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,24 @@ def plan_input(meta: ModelMetadata, tensor: TensorInfo) -> InputPlan:
         return _raw_pixel_plan(tensor.dtype)
     if meta.mean is None or meta.std is None:
         return InputPlan()
+    mean, std = np.asarray(meta.mean), np.asarray(meta.std)
+    if (len(mean) not in (1, 3) or len(std) not in (1, 3) or not np.isfinite(mean).all()
+            or not np.isfinite(std).all() or (std == 0).any()):
+        raise InvalidModelError(f"metadata normalization mean {meta.mean} std {meta.std} is unusable")
     return InputPlan(tuple(meta.mean), tuple(meta.std))
+
+
+def check_image_classifier(model: LoadedModel) -> None:
+    """Raise InvalidModelError (one line) unless the model takes one RGB image of a numeric
+    dtype and returns a numeric score vector: what Classifier can feed and read."""
+    i, o = model.input, model.output
+    if len(i.shape) != 4 or i.shape[0] != 1 or i.shape[3] != 3 or min(i.shape) < 1:
+        raise InvalidModelError(f"{model.source}: input shape {list(i.shape)} is not one RGB image (1, H, W, 3)")
+    for what, t in (("input", i), ("output", o)):
+        if t.dtype.kind not in "fiu" or not np.isfinite(t.scale) or t.scale < 0:
+            raise InvalidModelError(f"{model.source}: unsupported {what} tensor {t.dtype} scale {t.scale}")
+    if len(o.shape) < 2 or o.shape[0] != 1 or int(np.prod(o.shape[1:])) < 1:
+        raise InvalidModelError(f"{model.source}: output shape {list(o.shape)} is not one score vector (1, C)")
 
 
 def _raw_pixel_plan(dtype: np.dtype) -> InputPlan:
@@ -123,6 +141,7 @@ class Classifier:
     def __init__(self, options: ClassifierOptions):
         self.options = options
         self.model: LoadedModel = make_interpreter(options.model, options.num_threads, edgetpu=options.edgetpu)
+        check_image_classifier(self.model)
         self.spec = preprocess.PreprocessSpec(size=self.model.input_size)
         self.plan = plan_input(self.model.metadata, self.model.input)
         self.labels, self.labels_source = resolve_labels(options.model, self.model.metadata, options.labels)
@@ -147,11 +166,21 @@ class Classifier:
                                           self.plan.quantization)
 
     def run(self, tensor: np.ndarray) -> np.ndarray:
-        """Invoke on a prepared input batch -> float32 class scores (see edge.postprocess)."""
-        self._interpreter.set_tensor(self.model.input.index, tensor)
-        self._interpreter.invoke()
-        raw = self._interpreter.get_tensor(self.model.output.index)[0]
-        return to_scores(raw, self.model.output.quantization)
+        """Invoke on a prepared input batch -> float32 class scores (see edge.postprocess).
+
+        Raises edge.runtime.InferenceError (one line) when the interpreter fails."""
+        try:
+            self._interpreter.set_tensor(self.model.input.index, tensor)
+        except ValueError as exc:
+            raise InferenceError(f"cannot set the input: {' '.join(str(exc).split())}") from None
+        invoke(self._interpreter)
+        try:
+            out = self._interpreter.get_tensor(self.model.output.index)
+        except ValueError as exc:  # e.g. an output no operator writes: "Tensor data is null"
+            raise InferenceError(f"cannot read the output: {' '.join(str(exc).split())}") from None
+        if out.ndim < 2 or out.shape[0] != 1 or out.size == 0:
+            raise InferenceError(f"output shape {list(out.shape)} is not one score vector (1, C)")
+        return to_scores(out[0], self.model.output.quantization)
 
     def scores(self, image: np.ndarray) -> np.ndarray:
         """One RGB uint8 image (any size) -> float32 class scores."""

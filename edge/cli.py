@@ -56,17 +56,22 @@ def expand_inputs(args: list[str]) -> list[str]:
 
 
 def load_classifier(options):
-    """Build a Classifier, turning every load failure into a one-line exit 2."""
+    """Build a Classifier, turning every load failure into a one-line exit 2; damaged labels
+    in the model are a one-line warning (categories are then named by index)."""
     from edge.classifier import Classifier
-    from edge.metadata import InvalidModelError
+    from edge.flatbuffer import InvalidModelError
     from edge.runtime import DelegateError, RuntimeMissingError
 
     try:
-        return Classifier(options)
+        classifier = Classifier(options)
     except (InvalidModelError, RuntimeMissingError, DelegateError) as exc:
         raise _fail(str(exc)) from None
     except OSError as exc:  # the --labels file
         raise _fail(f"cannot read {exc.filename}: {exc.strerror}") from None
+    if options.labels is None:
+        for warning in classifier.model.metadata.warnings:
+            typer.echo(f"warning: {options.model}: {warning}", err=True)
+    return classifier
 
 
 def format_result(result, as_json: bool) -> str:
@@ -106,6 +111,7 @@ def classify(
 ) -> None:
     """Classify photos; one line (or JSON object) per image. Exit 1 if any image failed."""
     from edge.classifier import ClassifierOptions
+    from edge.runtime import InferenceError
 
     options = ClassifierOptions(
         model=model,
@@ -122,10 +128,13 @@ def classify(
         raise _fail(f"no images found in {' '.join(paths)}", EXIT_IMAGE_ERROR)
     classifier = load_classifier(options)
     failed = False
-    for result in classifier.classify_paths(inputs):
-        line = format_result(result, as_json)
-        failed |= result.error is not None
-        typer.echo(line, err=bool(result.error) and not as_json)
+    try:
+        for result in classifier.classify_paths(inputs):
+            line = format_result(result, as_json)
+            failed |= result.error is not None
+            typer.echo(line, err=bool(result.error) and not as_json)
+    except InferenceError as exc:
+        raise _fail(f"{model}: {exc}") from None
     if failed:
         raise typer.Exit(EXIT_IMAGE_ERROR)
 
@@ -146,6 +155,7 @@ def camera(
     """Classify camera or video frames live; Ctrl-C (or q in the window) stops."""
     from edge import camera as cam
     from edge.classifier import ClassifierOptions
+    from edge.runtime import InferenceError
 
     options = ClassifierOptions(model=model, num_threads=threads or os.cpu_count(), top_k=top_k, labels=labels,
                                 edgetpu=edgetpu)
@@ -160,6 +170,8 @@ def camera(
         frames = cam.run(classifier, frames_in, max_frames=max_frames, renderers=renderers)
     except cam.CameraError as exc:
         raise _fail(str(exc)) from None
+    except InferenceError as exc:
+        raise _fail(f"{model}: {exc}") from None
     typer.echo(f"{frames} frames" + (f", saved to {save}" if save is not None and frames else ""), err=True)
 
 
@@ -172,15 +184,17 @@ def bench(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Time bare interpreter invocations on seeded random input: p50 / p90 ms, images/s."""
-    from edge.metadata import InvalidModelError
     from edge.benchmark import time_invoke
-    from edge.runtime import RuntimeMissingError, make_interpreter
+    from edge.flatbuffer import InvalidModelError
+    from edge.runtime import InferenceError, RuntimeMissingError, make_interpreter
 
     try:
         loaded = make_interpreter(model, num_threads=threads)
+        timing = time_invoke(loaded, runs=runs, warmup=warmup)
     except (InvalidModelError, RuntimeMissingError) as exc:
         raise _fail(str(exc)) from None
-    timing = time_invoke(loaded, runs=runs, warmup=warmup)
+    except InferenceError as exc:
+        raise _fail(f"{model}: {exc}") from None
     if as_json:
         typer.echo(json.dumps({"model": str(model), "backend": loaded.backend, "threads": threads, **timing.to_dict()}))
     else:

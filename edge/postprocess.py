@@ -68,10 +68,11 @@ def to_scores(raw: np.ndarray, quantization: tuple[float, int] = (0.0, 0)) -> np
     """One raw output vector (any dtype) -> float32 class scores, by the module's score rule."""
     raw = np.asarray(raw).reshape(-1)
     scale, zero_point = quantization
-    values = dequantize(raw, scale, zero_point)
-    if is_softmax_quantized(raw.dtype, scale, zero_point) or is_probabilities(values):
-        return values
-    return softmax(values)
+    with np.errstate(all="ignore"):  # inf/NaN outputs (damaged weights) rank last, silently
+        values = dequantize(raw, scale, zero_point)
+        if is_softmax_quantized(raw.dtype, scale, zero_point) or is_probabilities(values):
+            return values
+        return softmax(values)
 
 
 def rank(scores: np.ndarray) -> np.ndarray:

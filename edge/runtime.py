@@ -2,8 +2,9 @@
 
 Backend order: ``ai_edge_litert`` (current), ``tflite_runtime`` (legacy Pi wheels), and only if
 neither is installed ``tensorflow.lite``. ``EDGE_TRANSFER_BACKEND`` forces one of them (tests
-use it to prove the legacy runtime works). Model bytes are validated with :mod:`edge.metadata`
-before the C++ runtime sees them: old runtimes crash on truncated files instead of raising.
+use it to prove the legacy runtime works). Model bytes are verified with
+:func:`edge.verify.verify_model` before the C++ runtime sees them: old runtimes crash on
+damaged files instead of raising.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edge import metadata
-from edge.metadata import InvalidModelError, ModelMetadata
+from edge.flatbuffer import InvalidModelError
+from edge.metadata import ModelMetadata, read_metadata
+from edge.model_file import read_model_bytes
+from edge.verify import verify_model
 from edge.quiet import runtime_info_filtered
 
 BACKENDS = ("ai_edge_litert", "tflite_runtime", "tensorflow")
@@ -32,6 +35,10 @@ class RuntimeMissingError(ImportError):
 
 class DelegateError(RuntimeError):
     """A hardware delegate (Edge TPU) could not be loaded."""
+
+
+class InferenceError(RuntimeError):
+    """The interpreter failed while running the model. The message is one line."""
 
 
 @dataclass(frozen=True)
@@ -117,11 +124,23 @@ def load_backend(name: str | None = None) -> Backend:
 
 
 def check_model_bytes(data: bytes) -> ModelMetadata:
-    """Validate a model's bytes (tables and every weight buffer in bounds) and return its
+    """Verify a model's whole structure (edge.verify.verify_model) and return its
     metadata; raises InvalidModelError with one line."""
-    meta = metadata.read_metadata(data)
-    metadata.check_buffers(data)
-    return meta
+    verify_model(data)
+    return read_metadata(data)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def invoke(interpreter) -> None:
+    """interpreter.invoke(), its failures (a kernel rejecting a damaged model) as InferenceError."""
+    try:
+        interpreter.invoke()
+    except (RuntimeError, ValueError) as exc:
+        raise InferenceError(f"inference failed: {_first_line(exc)}") from None
 
 
 def edgetpu_delegate(backend: Backend):
@@ -157,7 +176,7 @@ def make_interpreter(
     if isinstance(model, (bytes, bytearray, memoryview)):
         data, source = bytes(model), "<bytes>"
     else:
-        data, source = metadata.read_model_bytes(model), str(Path(model))
+        data, source = read_model_bytes(model), str(Path(model))
     try:
         meta = check_model_bytes(data)
     except InvalidModelError as exc:
@@ -173,9 +192,12 @@ def make_interpreter(
             )
             interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InvalidModelError(f"{source}: the {chosen.name} interpreter rejected the model: {first}") from None
-    inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
+        raise InvalidModelError(f"{source}: the {chosen.name} interpreter rejected the model: "
+                                f"{_first_line(exc)}") from None
+    try:
+        inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
+    except (ValueError, RuntimeError) as exc:  # e.g. UnicodeDecodeError on a damaged tensor name
+        raise InvalidModelError(f"{source}: unreadable tensor details: {_first_line(exc)}") from None
     if not inputs or not outputs:
         raise InvalidModelError(f"{source}: model has no input or no output tensor")
     return LoadedModel(

@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from edge.metadata import op_names, read_metadata, tensor_types
+from edge.metadata import read_metadata
+from edge.model_file import op_names, tensor_types
 from tests.conftest import CALIBRATION_IMAGES, TEST_GATE_FLAGS, copy_run, run_cli
 
 MODES = ["float32", "float16", "dynamic", "int8"]

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from edge.metadata import _Buf
+from edge.flatbuffer import FlatBuffer
 from edge.quiet import runtime_info_filtered, without_info_lines
 from test_edge_support import REPO, run_edge
 
@@ -69,9 +69,9 @@ def _raw_interpreter_stderr(model_path) -> str:
 def _with_input_channels(data: bytes, channels: int) -> bytes:
     """The model with its input tensor's last dimension changed in place: it still parses and
     validates, but the runtime rejects it in allocate_tensors, after printing its banner."""
-    subgraph = _Buf(data, "model").root().tables(2)[0]
+    subgraph = FlatBuffer(data, "model").root().tables(2)[0]
     tensor = subgraph.tables(0)[subgraph.scalars(1, "i")[0]]
-    shape = tensor._deref(tensor._field(0))
+    shape = tensor._deref(tensor.field(0))
     n = struct.unpack_from("<I", data, shape)[0]
     out = bytearray(data)
     struct.pack_into("<i", out, shape + 4 * n, channels)

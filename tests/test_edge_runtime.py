@@ -6,8 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from edge.metadata import InvalidModelError
 from edge.benchmark import time_invoke
+from edge.flatbuffer import InvalidModelError
 from edge.runtime import BACKENDS, BACKEND_ENV, DelegateError, RuntimeMissingError, load_backend, make_interpreter
 from test_edge_support import AUTOML, CORAL_V2, SUPPORT
 
@@ -60,9 +60,22 @@ def test_model_info_comes_from_the_file():
 def test_truncated_model_is_rejected_before_the_interpreter(path, fraction):
     """tflite-runtime 2.14 segfaults on a truncated model, so this must raise, not crash."""
     data = path.read_bytes()
+    cut = int(len(data) * fraction)
+    if b"PK\x03\x04" in data[:cut]:  # only the appended labels zip is cut: see the next test
+        cut = data.index(b"PK\x03\x04") - 1
     with pytest.raises(InvalidModelError) as info:
-        make_interpreter(data[: int(len(data) * fraction)])
+        make_interpreter(data[:cut])
     assert "\n" not in str(info.value)
+
+
+def test_truncated_labels_zip_falls_back_to_indices():
+    """The model itself is intact: it loads, and the metadata says why labels are missing."""
+    data = CORAL_V2.read_bytes()
+    zip_start = data.index(b"PK\x03\x04")
+    assert zip_start > len(data) * 0.99
+    model = make_interpreter(data[: int(len(data) * 0.9999)])
+    assert model.metadata.labels is None and model.metadata.has_metadata
+    assert [w for w in model.metadata.warnings if "imagenet_labels.txt" in w and "indices" in w]
 
 
 @pytest.mark.parametrize("content", [b"", b"hello, this is a text file\n" * 20, b"\x00" * 64, os.urandom(4096)],

@@ -12,7 +12,9 @@ from functools import lru_cache
 import numpy as np
 import pytest
 
-from edge.metadata import InvalidModelError, ModelMetadata, op_names, read_metadata, read_model_bytes, tensor_types
+from edge.flatbuffer import InvalidModelError
+from edge.metadata import ModelMetadata, read_metadata
+from edge.model_file import op_names, read_model_bytes, tensor_types
 
 from tests.paths import CORAL, SUPPORT
 LABELS = ["daisy", "rose petal", "Große Blume"]  # a space and non-ASCII: labels.txt is UTF-8
@@ -147,11 +149,11 @@ def test_add_metadata_is_deterministic_and_replaces_old_metadata():
 
 
 def test_weight_buffers_keep_16_byte_alignment():
-    from edge.metadata import _model_root  # the reader's own view of Model.buffers
+    from edge.model_file import model_root  # the reader's own view of Model.buffers
     from trainer.metadata import add_metadata
 
     out = add_metadata(tiny_models()["float32"], info())
-    starts = [b._vector(0, 1) for b in _model_root(out).tables(4)]
+    starts = [b.vector(0, 1) for b in model_root(out).tables(4)]
     starts = [vec[0] for vec in starts if vec is not None and vec[1] > 0]
     assert len(starts) >= 3
     assert all(start % 16 == 0 for start in starts), starts
@@ -320,9 +322,12 @@ def test_read_model_bytes_one_line_errors(tmp_path):
     assert read_metadata(str(good)).min_runtime_version is not None
 
 
-def test_label_file_missing_from_the_zip_is_invalid():
+def test_label_file_missing_from_the_zip_falls_back_to_indices():
     from trainer.metadata import add_metadata
 
     data = add_metadata(tiny_models()["int8"], info())
-    with pytest.raises(InvalidModelError, match="labels.txt"):
-        read_metadata(data[: data.index(b"PK\x03\x04")])
+    meta = read_metadata(data[: data.index(b"PK\x03\x04")])
+    assert meta.has_metadata and meta.labels is None and meta.mean == (0.0, 0.0, 0.0)
+    (warning,) = meta.warnings
+    assert "labels.txt" in warning and "category indices" in warning and "\n" not in warning
+

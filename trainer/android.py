@@ -29,7 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge.benchmark import size_mb
-from edge.metadata import InvalidModelError, read_metadata, read_model_bytes
+from edge.flatbuffer import InvalidModelError
+from edge.metadata import read_metadata
+from edge.model_file import read_model_bytes
 from edge.runtime import RuntimeMissingError, make_interpreter
 from trainer import atomic
 from trainer.data import DataError

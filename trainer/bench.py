@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from edge.benchmark import size_mb, time_invoke
-from edge.metadata import InvalidModelError
+from edge.flatbuffer import InvalidModelError
 from edge.runtime import RuntimeMissingError, load_backend, make_interpreter
 from trainer import atomic
 from trainer.data import DataError

@@ -6,7 +6,8 @@ identifier "M001"). It goes into a new Model buffer referenced by a Model.metada
 "TFLITE_METADATA"; the Model table itself is re-serialized with the TFLite schema object API
 that ships with ai-edge-litert / TensorFlow. ``labels.txt`` is then appended as a stored ZIP, so
 the .tflite is also a valid zip: the layout of Google's models that the Android Task Library and
-MediaPipe Tasks read. Read it back with :func:`edge.metadata.read_metadata`.
+MediaPipe Tasks read. Read it back with :func:`edge.metadata.read_metadata`. Every enum value
+and identifier comes from :mod:`edge.schema`, the reader's own definition.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from dataclasses import dataclass
 import flatbuffers
 import numpy as np
 
-from edge.metadata import METADATA_IDENTIFIER, METADATA_NAME, InvalidModelError, read_metadata
+from edge import schema
+from edge.flatbuffer import InvalidModelError
+from edge.metadata import read_metadata
 
 try:  # the interpreter package ships the TFLite schema object API; TensorFlow has the same module
     from ai_edge_litert import schema_py_generated as tfl
@@ -30,16 +33,6 @@ LABELS_FILE = "labels.txt"
 # (ImageProperties without default_size, FeatureProperties, NormalizationOptions, Stats,
 # TENSOR_AXIS_LABELS). Google's ImageNet and AutoML models carry the same "1.0.0".
 MIN_PARSER_VERSION = "1.0.0"
-
-# Enum values of metadata_schema.fbs.
-_RGB = 1  # ColorSpaceType
-_FEATURE_PROPERTIES, _IMAGE_PROPERTIES = 1, 2  # ContentProperties union
-_NORMALIZATION_OPTIONS = 1  # ProcessUnitOptions union
-_TENSOR_AXIS_LABELS = 2  # AssociatedFileType
-# TensorType values of schema.fbs that take raw integer pixels.
-_INT_RANGES = {3: (0.0, 255.0), 9: (-128.0, 127.0)}  # UINT8, INT8
-_FLOAT_TYPES = {0, 1, 10}  # FLOAT32, FLOAT16, FLOAT64
-_BUFFER_ALIGNMENT = 16  # schema.fbs: Buffer.data (force_align: 16)
 
 
 @dataclass(frozen=True)
@@ -79,8 +72,8 @@ def input_stats(info: MetadataInfo, tensor_type: int) -> tuple[tuple[float, ...]
     """(min, max) Stats of the input tensor: given in info, else derived from its dtype."""
     if info.input_min is not None and info.input_max is not None:
         return tuple(info.input_min), tuple(info.input_max)
-    if tensor_type in _INT_RANGES:
-        lo, hi = _INT_RANGES[tensor_type]
+    if tensor_type in schema.INT_PIXEL_RANGES:
+        lo, hi = schema.INT_PIXEL_RANGES[tensor_type]
         return (lo,), (hi,)
     mean, std = np.asarray(info.mean, np.float64), np.asarray(info.std, np.float64)
     return tuple(((0.0 - mean) / std).tolist()), tuple(((255.0 - mean) / std).tolist())
@@ -115,7 +108,7 @@ class _MetadataBuilder:
         return self.b.EndObject()
 
     def finish(self, root: int) -> bytes:
-        self.b.Finish(root, file_identifier=METADATA_IDENTIFIER)
+        self.b.Finish(root, file_identifier=schema.METADATA_IDENTIFIER)
         return bytes(self.b.Output())
 
 
@@ -125,10 +118,10 @@ def build_metadata(info: MetadataInfo, input_type: int) -> bytes:
     lo, hi = input_stats(info, input_type)
 
     # Input tensor "image": ImageProperties(RGB), NormalizationOptions, Stats.
-    image_props = m.table(2, bytes_={0: _RGB})  # ImageProperties.color_space
-    image_content = m.table(3, refs={1: image_props}, bytes_={0: _IMAGE_PROPERTIES})  # Content
+    image_props = m.table(2, bytes_={0: schema.RGB})  # ImageProperties.color_space
+    image_content = m.table(3, refs={1: image_props}, bytes_={0: schema.IMAGE_PROPERTIES})  # Content
     norm = m.table(2, refs={0: m.floats(info.mean), 1: m.floats(info.std)})  # NormalizationOptions
-    unit = m.table(2, refs={1: norm}, bytes_={0: _NORMALIZATION_OPTIONS})  # ProcessUnit
+    unit = m.table(2, refs={1: norm}, bytes_={0: schema.NORMALIZATION_OPTIONS})  # ProcessUnit
     in_stats = m.table(2, refs={0: m.floats(hi), 1: m.floats(lo)})  # Stats: max 0, min 1
     image = m.table(
         7,
@@ -142,12 +135,12 @@ def build_metadata(info: MetadataInfo, input_type: int) -> bytes:
     )
 
     # Output tensor "probability": FeatureProperties, Stats 0..1, labels.txt.
-    feature_content = m.table(3, refs={1: m.table(0)}, bytes_={0: _FEATURE_PROPERTIES})
+    feature_content = m.table(3, refs={1: m.table(0)}, bytes_={0: schema.FEATURE_PROPERTIES})
     out_stats = m.table(2, refs={0: m.floats([1.0]), 1: m.floats([0.0])})
     labels = m.table(
         4,
         refs={0: m.string(LABELS_FILE), 1: m.string("Labels for categories that the model can recognize.")},
-        bytes_={2: _TENSOR_AXIS_LABELS},
+        bytes_={2: schema.TENSOR_AXIS_LABELS},
     )
     probability = m.table(
         7,
@@ -184,7 +177,7 @@ class _AlignedBufferT(tfl.BufferT):
         data = None
         if self.data is not None:
             raw = np.asarray(self.data, dtype=np.uint8).tobytes()
-            builder.StartVector(1, len(raw), _BUFFER_ALIGNMENT)
+            builder.StartVector(1, len(raw), schema.BUFFER_ALIGNMENT)
             builder.head -= len(raw)
             builder.Bytes[builder.head : builder.head + len(raw)] = raw
             data = builder.EndVector()
@@ -228,7 +221,7 @@ def add_metadata(model_bytes: bytes, info: MetadataInfo) -> bytes:
     if len(sg.inputs) != 1 or len(sg.outputs) != 1:
         raise ValueError(f"expected 1 input and 1 output, model has {len(sg.inputs)} and {len(sg.outputs)}")
     image, scores = sg.tensors[sg.inputs[0]], sg.tensors[sg.outputs[0]]
-    if image.type not in _FLOAT_TYPES and image.type not in _INT_RANGES:
+    if image.type not in schema.FLOAT_TYPES and image.type not in schema.INT_PIXEL_RANGES:
         raise ValueError(f"unsupported input tensor type {image.type} (expected float or 8-bit integer)")
     n_out = int(scores.shape[-1]) if scores.shape is not None and len(scores.shape) else -1
     if n_out != len(info.labels):
@@ -239,18 +232,18 @@ def add_metadata(model_bytes: bytes, info: MetadataInfo) -> bytes:
     metadata = np.frombuffer(build_metadata(info, image.type), np.uint8)
     model.buffers = [_aligned(b, model_bytes) for b in model.buffers or []]
     entries = list(model.metadata or [])
-    existing = [e for e in entries if _name(e.name) == METADATA_NAME]
+    existing = [e for e in entries if _name(e.name) == schema.METADATA_NAME]
     if existing:
         model.buffers[existing[0].buffer] = _AlignedBufferT(data=metadata)
     else:
         model.buffers.append(_AlignedBufferT(data=metadata))
         entry = tfl.MetadataT()
-        entry.name, entry.buffer = METADATA_NAME, len(model.buffers) - 1
+        entry.name, entry.buffer = schema.METADATA_NAME, len(model.buffers) - 1
         entries.append(entry)
     model.metadata = entries
 
     builder = flatbuffers.Builder(len(model_bytes) + 4096)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    builder.Finish(model.Pack(builder), file_identifier=schema.MODEL_IDENTIFIER)
     labels_txt = ("\n".join(info.labels) + "\n").encode("utf-8")
     return _zip_files({LABELS_FILE: labels_txt}, bytes(builder.Output()))
 

@@ -14,7 +14,8 @@ from typing import Callable
 
 import numpy as np
 
-from edge.metadata import op_names, read_metadata
+from edge.metadata import read_metadata
+from edge.model_file import op_names
 from edge.runtime import make_interpreter
 from trainer.data import DataError
 
