@@ -8,14 +8,15 @@ OUT    ?= runs/latest
 RUN    ?= $(shell cat runs/LAST 2>/dev/null || echo $(OUT))
 VARIANT ?= int8
 
-.PHONY: help setup train tflite android bench test test-fast client-venvs clean
+.PHONY: help setup train tflite android bench test test-fast test-pi client-venvs clean
 
 help:
 	@echo "make train [DATA=dir] [OUT=dir]   train (default: the shipped sample photos)"
 	@echo "make tflite [RUN=dir]             convert the last run to all TFLite variants + parity"
 	@echo "make android [RUN=dir] [VARIANT=int8]  fill android_assets/"
 	@echo "make bench [RUN=dir]              size / accuracy / latency table for every variant"
-	@echo "make test                         the whole test suite (builds client venvs once)"
+	@echo "make test                         the whole test suite (builds client venvs once), then test-pi"
+	@echo "make test-pi                      the edge runtime in an emulated 64-bit Raspberry Pi (root)"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +49,11 @@ client-venvs: setup
 
 test: client-venvs
 	$(PY) -m pytest -q
+	$(MAKE) --no-print-directory test-pi
+
+# arm64 Debian bookworm (Pi OS 64-bit's base) under qemu, cached in ~/.cache/edge-transfer (see scripts/pi/)
+test-pi: setup
+	$(PY) scripts/pi/run.py
 
 clean:
 	rm -rf runs .pytest_cache
