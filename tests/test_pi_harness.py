@@ -2,6 +2,7 @@
 `make test-pi`, a step of `make test`. A judge that cannot fail would prove nothing on the Pi."""
 
 import importlib
+import json
 import sys
 
 import pytest
@@ -87,3 +88,15 @@ def test_photos_are_spread_over_the_classes(pi):
     photos = run.pick_photos(20)
     assert len(set(photos)) == 20 and all((REPO / p).is_file() for p in photos)
     assert sorted({p.parent.name for p in photos}) == ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
+
+
+def test_only_a_rootfs_with_the_current_recipe_marker_is_reused(pi, tmp_path):
+    rootfs = importlib.import_module("rootfs")
+    assert rootfs._complete(tmp_path) is None  # debootstrap never finished: no marker
+    marker = tmp_path / rootfs.MARKER
+    marker.write_text("{half")
+    assert rootfs._complete(tmp_path) is None
+    marker.write_text(json.dumps({"recipe": {**rootfs.RECIPE, "suite": "bullseye"}, "python": "3.9.2"}))
+    assert rootfs._complete(tmp_path) is None
+    marker.write_text(json.dumps({"recipe": rootfs.RECIPE, "python": "3.11.2"}))
+    assert rootfs._complete(tmp_path)["python"] == "3.11.2"

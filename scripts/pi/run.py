@@ -58,6 +58,7 @@ FORBIDDEN_PREFIXES = ("tensorflow", "tf-keras", "keras", "opencv", "picamera2", 
 # inside the Pi
 IN_WHEELS, IN_SCRIPTS, IN_CHECKOUT = "/mnt/wheelhouse", "/mnt/pi-scripts", "/mnt/checkout"
 IN_TESTS_ROOT = "/home/pi/edge-transfer"
+INSIDE_TIMEOUT_S = 1800  # one install's whole inside run; a cached one takes 3 min on a busy 2-core host
 LAST_RUN = CACHE / "pi-last-run.json"  # every fact gathered, for a look after a failure
 
 
@@ -135,7 +136,10 @@ def run_install(inst: Install, photos: list[Path], fresh: bool) -> dict:
             "--backend", inst.backend, "--wheelhouse", IN_WHEELS, "--tests-root", IN_TESTS_ROOT,
             "--pytest-args", json.dumps(pytest_args), "--model", f"{IN_CHECKOUT}/{MODEL}",
             *(["--fresh"] if fresh else []), *(f"{IN_CHECKOUT}/{p}" for p in photos)]
-    proc = run_in_pi(argv, binds=binds, capture=True)
+    try:
+        proc = run_in_pi(argv, binds=binds, capture=True, timeout=INSIDE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return {"name": inst.name, "error": f"inside run took over {INSIDE_TIMEOUT_S} s"}
     try:
         return json.loads(proc.stdout.strip().splitlines()[-1])
     except (IndexError, ValueError):
