@@ -19,7 +19,7 @@ def pi():
         sys.path.remove(str(REPO / "scripts" / "pi"))
 
 
-def row(indices, scores, path="p.jpg"):
+def row(indices, scores, path="data/p.jpg"):
     return {"path": path, "indices": indices, "labels": [str(i) for i in indices], "scores": scores}
 
 
@@ -35,6 +35,7 @@ def test_compare_catches_top1_and_score_differences(pi):
     # a class missing or a photo missing is never a pass
     assert run.compare([x86[0], row([2, 0], [0.5, 0.3])], x86)[1] == float("inf")
     assert run.compare(x86[:1], x86) == (0, float("inf"))
+    assert run.compare([x86[0], {**x86[1], "path": "other.jpg"}], x86) == (0, float("inf"))
 
 
 def judged(run, inst, **change):
@@ -42,7 +43,7 @@ def judged(run, inst, **change):
                      "backend_auto": inst.backend, "backend_model": inst.backend, "numpy": "1.26.4",
                      "sve": False, "cpu_model": "Raspberry Pi 4", "tensorflow_loaded": False},
            "packages": {"numpy": "1.26.4", inst.backend.replace("_", "-"): "2"},
-           "tests": {"passed": 3, "failed": 0, "skipped": 0, "failed_names": [], "tail": ""},
+           "tests": {"passed": 3, "failed": 0, "skipped": 0, "failed_names": [], "rc": 0, "tail": ""},
            "classify": [row([0, 1], [0.9, 0.1])], "classify_rc": 0, "classify_stderr": "", "install": "fresh venv",
            "timings": {"install_s": 1, "tests_s": 1, "classify_s": 1}}
     for key, value in change.items():
@@ -65,6 +66,7 @@ def test_judge_passes_a_good_run_and_flags_each_defect(pi):
     assert judged(run, legacy, packages__numpy="2.4.6")
     assert judged(run, legacy, tests__failed=1)
     assert judged(run, legacy, tests__passed=0)
+    assert judged(run, legacy, tests__rc=4)  # e.g. a test file that moved: pytest usage error
     assert judged(run, legacy, classify=[row([0, 1], [0.86, 0.14])]) == []  # 10 steps of 1/256: its ARM kernels
     assert judged(run, legacy, classify=[row([0, 1], [0.8, 0.2])])
     assert judged(run, legacy, classify=[row([1, 0], [0.5, 0.5])])

@@ -116,13 +116,14 @@ def main() -> None:
 
     t = time.monotonic()
     junit = venv / "junit.xml"
+    junit.unlink(missing_ok=True)  # a cached venv keeps the last run's
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "EDGE_TRANSFER_BACKEND": a.backend}
     tests = run([py, "-m", "pytest", "-q", "--noconftest", "-p", "no:cacheprovider", f"--junitxml={junit}",
                  *json.loads(a.pytest_args)], cwd=a.tests_root, env=env, timeout=1500)
     timings["tests_s"] = round(time.monotonic() - t, 1)
     out["tests"] = junit_counts(junit) if junit.exists() else {"passed": 0, "failed": 1, "skipped": 0,
                                                                "failed_names": ["pytest did not run"]}
-    out["tests"]["tail"] = (tests.stdout + tests.stderr)[-1500:]
+    out["tests"].update(rc=tests.returncode, tail=(tests.stdout + tests.stderr)[-1500:])
 
     t = time.monotonic()
     cls = run([py, "-m", "edge", "classify", "--json", "--top-k", "0", a.model, *a.photos],

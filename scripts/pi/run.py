@@ -121,6 +121,8 @@ def compare(pi_rows: list[dict], x86_rows: list[dict]) -> tuple[int, float]:
         return 0, float("inf")
     same, worst = 0, 0.0
     for pi, x86 in zip(pi_rows, x86_rows):
+        if not pi["path"].endswith(x86["path"]):
+            return 0, float("inf")
         same += pi["indices"][0] == x86["indices"][0]
         a, b = dict(zip(pi["indices"], pi["scores"])), dict(zip(x86["indices"], x86["scores"]))
         worst = max([worst, *(abs(a[k] - b[k]) for k in a)] if a.keys() == b.keys() else [float("inf")])
@@ -165,7 +167,7 @@ def judge(inst: Install, res: dict, x86: tuple[str, list[dict]]) -> tuple[str, l
     problems += [f"installed {p} {pkgs[p]} (must not be)" for p in bad]
     if inst.backend == "tflite_runtime" and not pkgs.get("numpy", "").startswith("1."):
         problems.append(f"numpy {pkgs.get('numpy')} with tflite-runtime 2.14 (want <2)")
-    if tests["failed"] or not tests["passed"]:
+    if tests["failed"] or not tests["passed"] or tests["rc"] != 0:
         problems.append(f"tests failed: {', '.join(tests['failed_names']) or tests['tail'][-300:]}")
     x86_backend, x86_rows = x86
     rows = res["classify"]
@@ -181,6 +183,7 @@ def judge(inst: Install, res: dict, x86: tuple[str, list[dict]]) -> tuple[str, l
             f"passed, {tests['failed']} failed, {tests['skipped']} skipped; classify {len(rows)} photos vs x86 "
             f"{x86_backend}: top-1 {same}/{len(x86_rows)} equal, max |score diff| {worst:.2g} (<= {inst.tolerance:.2g}) "
             f"({res['install']} {t['install_s']:.0f} s, tests {t['tests_s']:.0f} s, classify {t['classify_s']:.0f} s)")
+    line += f"\ntest-pi: [{inst.name}] installed: " + ", ".join(f"{k} {v}" for k, v in sorted(pkgs.items()))
     return line, [f"{inst.name}: {p}" for p in problems]
 
 
