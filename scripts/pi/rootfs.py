@@ -32,6 +32,10 @@ QEMU_CPU = "cortex-a72"
 PI_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
+_held: list[int] = []  # the lock's fd while held; debootstrap inherits it, so if we are killed
+# mid-build the orphaned debootstrap still holds the lock and nobody deletes the tree under it
+
+
 @contextmanager
 def locked():
     """Hold the one test-pi lock (builds and runs share the rootfs)."""
@@ -42,7 +46,11 @@ def locked():
         except BlockingIOError:
             print("test-pi: waiting for another test-pi run to finish (lock)", flush=True)
             fcntl.flock(fh, fcntl.LOCK_EX)
-        yield
+        _held.append(fh.fileno())
+        try:
+            yield
+        finally:
+            _held.remove(fh.fileno())
 
 
 def _remove(path: Path) -> None:
@@ -68,12 +76,12 @@ def _build(dest: Path) -> dict:
     part = dest.with_name(dest.name + ".partial")
     _remove(part)
     log = CACHE / "pi-rootfs.build.log"
-    print(f"test-pi: building the arm64 bookworm rootfs once (about 12 min, log {log})", flush=True)
+    print(f"test-pi: building the arm64 bookworm rootfs once (5-12 min, log {log})", flush=True)
     t0 = time.monotonic()
     cmd = ["debootstrap", f"--arch={RECIPE['arch']}", f"--variant={RECIPE['variant']}",
            "--include=" + ",".join(RECIPE["include"]), RECIPE["suite"], str(part), MIRROR]
     with open(log, "w") as fh:
-        if subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT).returncode != 0:
+        if subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, pass_fds=tuple(_held)).returncode != 0:
             tail = log.read_text().strip().splitlines()[-1:] or ["?"]
             raise RuntimeError(f"debootstrap failed ({tail[0]}); see {log}")
         for step in (["useradd", "--create-home", "--shell", "/bin/bash", RECIPE["user"]],
