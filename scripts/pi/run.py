@@ -6,7 +6,7 @@ TensorFlow (Google's upstream cases among them), and `python -m edge classify --
 with the shipped int8 model, compared with the same command on this x86 host. Exit 0 all good, 1 a
 check failed, 2 this machine cannot run the emulated Pi (one line saying why).
 
-Usage: python scripts/pi/run.py [--photos N]
+Usage: python scripts/pi/run.py [--photos N] [--fresh]   (as root; `make test-pi`)
 """
 
 from __future__ import annotations
