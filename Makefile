@@ -8,7 +8,7 @@ OUT    ?= runs/latest
 RUN    ?= $(shell cat runs/LAST 2>/dev/null || echo $(OUT))
 VARIANT ?= int8
 
-.PHONY: help setup train tflite android bench test test-fast client-venvs debian-packages clean
+.PHONY: help setup train tflite android bench test test-fast test-pi client-venvs debian-packages clean
 
 help:
 	@echo "make train [DATA=dir] [OUT=dir]   train (default: the shipped sample photos)"
@@ -16,7 +16,8 @@ help:
 	@echo "make android [RUN=dir] [VARIANT=int8]  fill android_assets/"
 	@echo "make bench [RUN=dir]              size / accuracy / latency table for every variant"
 	@echo "make test-fast                    in-process tier: trains + converts a small real model (< 2 min)"
-	@echo "make test                         the whole test suite (builds client venvs once)"
+	@echo "make test                         the whole test suite (builds client venvs once), then test-pi"
+	@echo "make test-pi                      the edge runtime in an emulated 64-bit Raspberry Pi (root)"
 
 # scripts/quiet_pip.py: pip minus known third-party noise; a failing pip prints everything, exits non-zero
 PIP    := $(PY) scripts/quiet_pip.py install -q --disable-pip-version-check
@@ -64,6 +65,11 @@ test-fast: setup
 
 test: client-venvs
 	$(PY) -m pytest -q
+	$(MAKE) --no-print-directory test-pi
+
+# arm64 Debian bookworm (Pi OS 64-bit's base) under qemu, cached in ~/.cache/edge-transfer (see scripts/pi/)
+test-pi: setup
+	$(PY) scripts/pi/run.py
 
 clean:
 	rm -rf runs .pytest_cache
