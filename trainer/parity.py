@@ -59,12 +59,20 @@ class Thresholds:
         return out
 
 
-def default_thresholds(float32_max_dp: float = 1e-4, float16_max_dp: float = 0.05,
-                       min_delta_acc: float = -1.0, min_agreement: float = 97.0) -> dict[str, Thresholds]:
-    """Float copies must match Keras' probabilities; quantized ones its decisions."""
-    quantized = Thresholds(min_delta_acc=min_delta_acc, min_agreement=min_agreement)
-    return {"float32": Thresholds(max_abs_dp=float32_max_dp), "float16": Thresholds(max_abs_dp=float16_max_dp),
-            "dynamic": quantized, "int8": quantized}
+def default_thresholds(float32_max_dp: float | None = None, float16_max_dp: float | None = None,
+                       min_delta_acc: float | None = None, min_agreement: float | None = None) -> dict[str, Thresholds]:
+    """Each mode's gate from the mode table; a given bound overrides it (min_* for every
+    quantized mode). Float copies must match Keras' probabilities, quantized ones its decisions."""
+    given = {"float32": float32_max_dp, "float16": float16_max_dp}
+    out = {}
+    for mode, q in MODES.items():
+        if q.gate_max_abs_dp is not None:
+            out[mode] = Thresholds(max_abs_dp=given.get(mode) if given.get(mode) is not None else q.gate_max_abs_dp)
+        else:
+            out[mode] = Thresholds(
+                min_delta_acc=q.gate_min_delta_acc if min_delta_acc is None else min_delta_acc,
+                min_agreement=q.gate_min_agreement if min_agreement is None else min_agreement)
+    return out
 
 
 @dataclass(frozen=True)
