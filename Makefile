@@ -42,8 +42,9 @@ android: setup
 bench: setup
 	$(PY) -m trainer bench "$(RUN)"
 
-# Debian packages the full suite needs: tflite-support (a client venv) needs libusb.
-DEBIAN_PACKAGES := libusb-1.0-0
+# Debian packages the full suite needs: tflite-support (a client venv) needs libusb; report.html
+# is rendered in headless Chromium (with the page's last-resort font).
+DEBIAN_PACKAGES := libusb-1.0-0 chromium fonts-dejavu-core
 
 # Installs them when run as root; otherwise prints the one command to run and fails.
 debian-packages:
@@ -57,9 +58,9 @@ debian-packages:
 client-venvs: setup debian-packages
 	$(PY) tests/client_venvs.py
 
-# in-process tier: no client venvs, no subprocess-heavy tests; still trains and converts a real model
+# in-process tier: no client venvs, no browser, no subprocess-heavy tests; still trains and converts a real model
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow and not clients"
+	$(PY) -m pytest -q -m "not slow and not clients and not browser"
 
 test: client-venvs
 	$(PY) -m pytest -q

@@ -70,9 +70,8 @@ def trained_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def keras_test(trained_run) -> KerasOnTest:
-    import keras
-
     from trainer.data import load_images, read_splits
+    from trainer.model_io import load_keras
     from trainer.run_dir import RunDir
 
     run = RunDir.open(trained_run)
@@ -80,7 +79,7 @@ def keras_test(trained_run) -> KerasOnTest:
     paths = splits.paths("test")
     images, ok, _ = load_images(paths, run.spec)
     assert ok.all()
-    probs = keras.models.load_model(trained_run / "model.keras").predict(images.astype(np.float32), verbose=0)
+    probs = load_keras(trained_run / "model.keras").predict(images.astype(np.float32), verbose=0)
     return KerasOnTest(paths, images, splits.targets("test"), probs)
 
 

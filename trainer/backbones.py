@@ -1,11 +1,12 @@
 """Frozen feature extractors: the shipped MobileNetV2, any keras.applications model, or a
-TF Hub feature-vector SavedModel on disk. Every backbone takes RGB 0..255 (its own
-normalization is a layer inside), so the trained model and its TFLite files share one input
-contract.
+TF Hub feature vector (a tfhub.dev / Kaggle handle, or a SavedModel folder). Every backbone
+takes RGB 0..255 (its own normalization is a layer inside), so the trained model and its
+TFLite files share one input contract.
 
-Why `keras.layers.TFSMLayer` for hub:PATH: `hub.KerasLayer` is a tf-keras (Keras 2) layer that a
-Keras 3 model refuses, and tensorflow-hub pulls in tf-keras; TFSMLayer loads the same SavedModel
-natively in Keras 3 (inference only, so hub backbones train the head but cannot be fine-tuned).
+Hub models load through trainer.hub (tensorflow_hub's cache layout, no tensorflow-hub package)
+and trainer.hub_layer (a Keras 3 layer that carries the SavedModel inside model.keras):
+`hub.KerasLayer` is a tf-keras (Keras 2) layer that a Keras 3 model refuses. Inference only,
+so hub backbones train the head but cannot be fine-tuned.
 """
 
 from __future__ import annotations
@@ -169,7 +170,7 @@ def build_application(cfg: BackboneConfig) -> Backbone:
         if close:
             name = close[0]
         else:
-            raise BackboneError(f"unknown backbone {cfg.name!r}; use mobilenet_v2, hub:PATH or one of {sorted(APPLICATIONS)}")
+            raise BackboneError(f"unknown backbone {cfg.name!r}; use mobilenet_v2, hub:PATH, a TF Hub / Kaggle model URL or one of {sorted(APPLICATIONS)}")
     weights = "imagenet" if cfg.weights in ("default", "imagenet") else cfg.weights
     base = _application(name, cfg, keras_weights="imagenet" if weights == "imagenet" else None)
     if weights not in ("imagenet", "none"):
@@ -178,27 +179,34 @@ def build_application(cfg: BackboneConfig) -> Backbone:
 
 
 def build_hub(cfg: BackboneConfig) -> Backbone:
+    """hub:PATH (a SavedModel folder) or a TF Hub / Kaggle handle (resolved by trainer.hub)."""
     import keras
 
-    path = Path(cfg.name[len("hub:"):]).expanduser()
-    if not (path / "saved_model.pb").exists():
-        raise BackboneError(f"hub backbone must be a SavedModel folder (with saved_model.pb): {path}")
+    from trainer import hub, hub_layer
+
+    name = cfg.name[len("hub:"):] if cfg.name.startswith("hub:") else cfg.name
+    if hub.is_handle(name):
+        try:
+            path = hub.resolve(name)
+        except hub.HubError as exc:
+            raise BackboneError(str(exc)) from None
+    else:
+        path = Path(name).expanduser().resolve()
+        if not (path / "saved_model.pb").exists():
+            raise BackboneError(f"hub backbone must be a SavedModel folder (with saved_model.pb): {path}")
     try:
-        layer = keras.layers.TFSMLayer(str(path.resolve()), call_endpoint="serving_default", name="hub_backbone")
+        layer = hub_layer.from_folder(name, path, cfg.image_size)
     except Exception as exc:
         raise BackboneError(f"cannot load SavedModel {path}: {exc}".splitlines()[0]) from None
     inputs = keras.Input((cfg.image_size, cfg.image_size, 3))
-    outputs = layer(inputs)
-    if isinstance(outputs, dict):
-        outputs = next(iter(outputs.values()))
-    return Backbone(keras.Model(inputs, outputs, name="hub_base"), "unit", cfg.image_size, fine_tunable=False)
+    return Backbone(keras.Model(inputs, layer(inputs), name="hub_base"), "unit", cfg.image_size, fine_tunable=False)
 
 
 def build_backbone(cfg: BackboneConfig) -> Backbone:
     """Validated factory: arguments are checked first, errors echo what was received."""
     if not 32 <= cfg.image_size <= 1024:
         raise BackboneError(f"--image-size must be between 32 and 1024, got {cfg.image_size}")
-    if cfg.name.startswith("hub:"):
+    if cfg.name.startswith(("hub:", "https://", "http://")):
         return build_hub(cfg)
     if cfg.name.lower() in ("mobilenet_v2", "mobilenetv2"):
         return build_mobilenet_v2(cfg)
@@ -210,4 +218,6 @@ def weights_digest(model) -> str:
     h = hashlib.sha256(repr(model.inputs[0].shape).encode())
     for w in model.get_weights():
         h.update(np.ascontiguousarray(w).tobytes())
+    for layer in model._flatten_layers():  # hub SavedModels: their variables are not Keras weights
+        h.update(getattr(layer, "fingerprint", "").encode())
     return h.hexdigest()[:16]

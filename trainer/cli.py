@@ -42,7 +42,7 @@ def train(
     out: Path = typer.Option(..., "--out", help="Run directory to write (model.keras, report.json, ...)."),
     config: Optional[Path] = typer.Option(None, "--config", help="Repeat a run: its config.json (other options "
                                           "are ignored, except --data and --out)."),
-    backbone: str = typer.Option("mobilenet_v2", help="mobilenet_v2 | a keras.applications name | hub:PATH"),
+    backbone: str = typer.Option("mobilenet_v2", help="mobilenet_v2 | a keras.applications name | a TF Hub or Kaggle model URL | hub:PATH"),
     weights: str = typer.Option("default", help="default | imagenet | PATH | none"),
     image_size: int = typer.Option(224, help="Square input size in pixels."),
     alpha: float = typer.Option(1.0, help="MobileNetV2 width multiplier (the shipped weights are for 1.0)."),
@@ -137,6 +137,7 @@ def convert(
     from trainer.parity import default_thresholds
     from trainer.tflite import ConversionError
     from trainer.variants import resolve_modes
+    from trainer import report_html
     from trainer.workflow import convert_run
 
     try:
@@ -150,6 +151,7 @@ def convert(
     except ConversionError as exc:
         _fail(str(exc), 1)
     typer.echo(report.table())
+    report_html.refresh(run_dir)  # also when the gate fails: the page shows which variant and why
     if not report.passed:
         _fail("parity gate failed: " + ", ".join(v.mode for v in report.variants if not v.passed), 1)
 
@@ -186,12 +188,14 @@ def bench(
     """One table for every variant: status, size, accuracy, delta vs Keras, p50/p90 invoke ms and
     images/s per thread count, through the edge runtime. Writes RUN_DIR/bench.md and bench.json."""
     from trainer import bench as benchmarking
+    from trainer import report_html
 
     try:
         report = benchmarking.run(run_dir, benchmarking.parse_threads(threads), runs, warmup, seed)
         md, js = benchmarking.write(run_dir, report)
     except _user_errors() as exc:
         _fail(str(exc))
+    report_html.refresh(run_dir)
     typer.echo(report.markdown())
     typer.echo(f"wrote {md} and {js.name}")
 

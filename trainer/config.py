@@ -19,7 +19,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class BackboneConfig:
-    """name: "mobilenet_v2", a keras.applications model name, or "hub:PATH" (SavedModel).
+    """name: "mobilenet_v2", a keras.applications model name, a TF Hub / Kaggle URL, or "hub:PATH".
     weights: "default" (shipped for mobilenet_v2, else imagenet), "imagenet", a file, or "none".
     image_size: square input side. alpha: MobileNetV2 width multiplier (1.0 has shipped weights)."""
 

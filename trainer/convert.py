@@ -17,6 +17,7 @@ from edge.metadata import read_metadata
 from trainer import atomic
 from trainer.calibration import DEFAULT_CALIBRATION_IMAGES, calibration_images, representative_dataset
 from trainer.metadata import MetadataInfo, add_metadata
+from trainer.model_io import load_keras
 from trainer.run_dir import MODEL, RunDir
 from trainer.sensitivity import rank_layers
 from trainer.tflite import ConversionError, calibrate, quantize, run_converter
@@ -103,10 +104,8 @@ def export(run_dir: str | Path, modes: list[str], calibration_count: int = DEFAU
 
     Raises ConversionError (nothing written for that mode) when a file breaks its promises.
     """
-    import keras
-
     run = RunDir.open(run_dir)
-    model = keras_model or keras.models.load_model(run / MODEL)
+    model = keras_model or load_keras(run / MODEL)
     calibrated = None
     if any(MODES[m].calibrated for m in modes):
         t0 = time.perf_counter()

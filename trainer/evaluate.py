@@ -8,6 +8,7 @@ import numpy as np
 
 from trainer import data, metrics
 from trainer.data import DataError
+from trainer.model_io import load_keras
 from trainer.run_dir import CONFIG, LABELS, MODEL, RunDir
 
 
@@ -24,9 +25,7 @@ def evaluate_folder(run_dir: str | Path, folder: str | Path) -> dict:
     if not samples:
         raise DataError(f"no images found in {root}")
     images, ok, errors = data.load_images([root / s.path for s in samples], run.spec, progress="decode")
-    import keras
-
-    model = keras.models.load_model(run / MODEL)
+    model = load_keras(run / MODEL)
     y = np.array([s.label for s in samples])[ok]
     probs = model.predict(images[ok].astype(np.float32), batch_size=32, verbose=0)
     result = metrics.classification_report(y, probs, labels)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
+Z95 = 1.959963984540054  # two-sided 95 % normal quantile
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
@@ -41,3 +45,25 @@ def balanced_class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
     """n / (k * count_c): each class contributes equally to the loss."""
     counts = np.bincount(np.asarray(y, np.int64), minlength=n_classes).astype(float)
     return {c: float(len(y) / (n_classes * counts[c])) if counts[c] else 0.0 for c in range(n_classes)}
+
+
+def mistakes(split: str, paths: list[str], y_true, probs: np.ndarray, labels: list[str], limit: int = 48) -> list[dict]:
+    """The photos a split got wrong, most confident first (at most ``limit``): report.json's
+    "mistakes", which report.html shows as thumbnails."""
+    y_true = np.asarray(y_true, np.int64)
+    pred = np.argmax(probs, axis=1) if len(probs) else np.zeros(0, np.int64)
+    wrong = np.flatnonzero(pred != y_true)
+    conf = probs[wrong, pred[wrong]] if len(wrong) else np.zeros(0)
+    order = wrong[np.argsort(-conf, kind="stable")][:limit]
+    return [{"split": split, "path": paths[i], "label": labels[y_true[i]], "predicted": labels[pred[i]],
+             "confidence": round(float(probs[i, pred[i]]), 4)} for i in order]
+
+
+def wilson(accuracy: float, n: int) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion (sound at 0 %, 100 % and small n)."""
+    if not n:
+        return (0.0, 1.0)
+    p, z2 = float(accuracy), Z95 * Z95
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = Z95 * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))

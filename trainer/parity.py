@@ -26,6 +26,7 @@ from edge.classifier import Classifier, ClassifierOptions
 from edge.postprocess import rank
 from trainer import atomic, data
 from trainer.data import DataError
+from trainer.model_io import load_keras
 from trainer.run_dir import MODEL, PARITY, RunDir, sha256_file
 from trainer.variants import MODES
 
@@ -184,11 +185,9 @@ class ParityReport:
 def check(run_dir: str | Path, modes: list[str], thresholds: dict[str, Thresholds], keras_model=None,
           threads: int | None = None) -> ParityReport:
     """Run every requested variant and model.keras on the held-out photos and compare."""
-    import keras
-
     run = RunDir.open(run_dir)
     split, images, y = held_out(run)
-    model = keras_model or keras.models.load_model(run / MODEL)
+    model = keras_model or load_keras(run / MODEL)
     keras_probs = keras_probabilities(model, images)
     variants = []
     for mode in modes:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.preprocess import PreprocessSpec
-from trainer import atomic, data, features, metrics, plots
+from trainer import atomic, data, features, metrics, plots, report_html
 from trainer.backbones import Backbone, build_backbone
 from trainer.config import RunConfig
 from trainer.fine_tune import fine_tune, without_optimizer
@@ -24,7 +24,6 @@ from trainer.head import assemble, train_head, write_tensorboard
 from trainer.run_dir import CONFIG, LABELS, MODEL, REPORT, SPLITS, RunDir
 
 SPLIT_NAMES = ("train", "val", "test")
-MAX_MISTAKES = 48
 
 
 @dataclass(frozen=True)
@@ -159,17 +158,6 @@ def evaluate(trained: Trained, ds: Dataset, feats: Features, timer: Timer) -> di
     return probs
 
 
-def mistakes(ds: Dataset, probs: np.ndarray, split: str, limit: int = MAX_MISTAKES) -> list[dict]:
-    """The photos of ``split`` the model gets wrong, most confident first (for the report page)."""
-    y = ds.targets(split)
-    pred = np.argmax(probs, axis=1) if len(probs) else np.zeros(0, np.int64)
-    wrong = np.where(pred != y)[0]
-    wrong = wrong[np.argsort(-probs[wrong, pred[wrong]], kind="stable")][:limit]
-    samples = ds.splits.part(split)
-    return [{"split": split, "path": samples[i].path, "label": ds.classes[y[i]], "predicted": ds.classes[pred[i]],
-             "confidence": round(float(probs[i, pred[i]]), 4)} for i in wrong]
-
-
 def build_report(cfg: RunConfig, ds: Dataset, trained: Trained, probs: dict[str, np.ndarray], timer: Timer) -> dict:
     ys = {name: ds.targets(name) for name in SPLIT_NAMES}
     return {
@@ -177,7 +165,8 @@ def build_report(cfg: RunConfig, ds: Dataset, trained: Trained, probs: dict[str,
         "counts": {name: len(ds.splits.part(name)) for name in SPLIT_NAMES},
         "splits": {name: metrics.classification_report(ys[name], probs[name], ds.classes) for name in SPLIT_NAMES},
         "skipped": ds.skipped,
-        "mistakes": mistakes(ds, probs[ds.eval_split], ds.eval_split),
+        "mistakes": metrics.mistakes(ds.eval_split, [s.path for s in ds.splits.part(ds.eval_split)],
+                                     ys[ds.eval_split], probs[ds.eval_split], ds.classes),
         "stages": {name: {"epochs": len(h.get("loss", [])),
                           "best_val_loss": round(float(min(h["val_loss"])), 4) if h.get("val_loss") else None}
                    for name, h in trained.history.items()},
@@ -199,7 +188,7 @@ def write_inputs(cfg: RunConfig, ds: Dataset, out: Path) -> None:
 
 def write_outputs(out: Path, trained: Trained, ds: Dataset, probs: dict[str, np.ndarray], report: dict,
                   timer: Timer) -> None:
-    """model.keras, report.json and the plots, each written atomically."""
+    """model.keras, report.json, the plots and report.html, each written atomically."""
     t0 = time.perf_counter()
     with atomic.atomic_path(out / MODEL) as tmp:
         trained.model.save(tmp)
@@ -211,6 +200,7 @@ def write_outputs(out: Path, trained: Trained, ds: Dataset, probs: dict[str, np.
     plots.confusion(np.array(report["splits"][split]["confusion_matrix"]), ds.classes, out / "confusion_matrix.png",
                     title=f"{split} confusion matrix")
     plots.prediction_grid(ds.images_of(split), ds.targets(split), probs[split], ds.classes, out / "predictions.png")
+    report_html.write(out)
 
 
 def run(cfg: RunConfig, out: Path) -> dict:

@@ -14,6 +14,7 @@ from trainer import model_card, parity
 from trainer.calibration import DEFAULT_CALIBRATION_IMAGES
 from trainer.convert import DEFAULT_FLOAT_LAYERS, export
 from trainer.data import DataError
+from trainer.model_io import load_keras
 from trainer.run_dir import MODEL, RunDir
 
 
@@ -28,9 +29,7 @@ def convert_run(run_dir: str | Path, modes: list[str], calibration_count: int = 
         raise DataError(f"--int8-float-layers must be >= 0, got {float_layers}")
     for stale in run.clean_stale_temps():
         log(f"removed {stale.name} (left by a run that was killed)")
-    import keras
-
-    model = keras.models.load_model(run / MODEL)
+    model = load_keras(run / MODEL)
     export(run.path, modes, calibration_count, seed, author, license, keras_model=model, log=log,
            float_layers=float_layers)
     t0 = time.perf_counter()

@@ -1,0 +1,203 @@
+"""RUN_DIR/report.html: built from the run directory's files only, self-contained, and it
+renders in headless Chromium with every image loaded, no console error and no request other
+than the page itself and its data: URIs."""
+
+from __future__ import annotations
+
+import html.parser
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edge.preprocess import PreprocessSpec
+from tests import browser
+from tests.conftest import run_cli
+from tests.paths import SAMPLE_FLOWERS
+from trainer import atomic, data, metrics, plots, report_html
+
+SAMPLE = SAMPLE_FLOWERS
+
+
+class _Tags(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+
+def _tags(page: str) -> list[tuple[str, dict]]:
+    parser = _Tags()
+    parser.feed(page)
+    return parser.tags
+
+
+def make_run(run, parity_fail: bool = True):
+    """A run directory with every input file report.html reads, made by the real writers
+    (scan, split, metrics, plots) on the shipped sample photos and random probabilities."""
+    classes, samples = data.scan(SAMPLE)
+    train, val, test = data.stratified_split(samples, len(classes), 0.1, 0.2, 0)
+    skipped = [{"path": "roses/broken.jpg", "reason": "cannot identify image file"}]
+    splits = data.Splits(str(SAMPLE), classes, train, val, test, skipped)
+    rng = np.random.default_rng(0)
+    probs = {p: rng.dirichlet(np.ones(len(classes)) * 0.3, len(splits.part(p))) for p in ("train", "val", "test")}
+    paths = [s.path for s in test]
+    mistakes = metrics.mistakes("test", paths, splits.targets("test"), probs["test"], classes)
+    mistakes.insert(0, {"split": "test", "path": "daisy/gone.jpg", "label": "daisy", "predicted": "roses",
+                        "confidence": 0.99})
+    history = {"head": {"loss": [1.0, 0.6, 0.4], "accuracy": [0.4, 0.7, 0.8], "val_loss": [1.1, 0.8, 0.7],
+                        "val_accuracy": [0.3, 0.6, 0.7]}}
+    report = {"labels": classes, "counts": {p: len(splits.part(p)) for p in ("train", "val", "test")},
+              "splits": {p: metrics.classification_report(splits.targets(p), probs[p], classes) for p in probs},
+              "skipped": skipped, "timings": {"total_s": 12.3}, "history": history, "mistakes": mistakes}
+    run.mkdir()
+    atomic.write_json(run / "report.json", report)
+    atomic.write_json(run / "splits.json", splits.to_dict())
+    atomic.write_json(run / "config.json", {"data": {"dir": str(SAMPLE)}, "backbone": {"name": "mobilenet_v2"},
+                                            "preprocess": PreprocessSpec().to_dict()})
+    atomic.write_text(run / "labels.txt", "\n".join(classes) + "\n")
+    plots.training_curves(history, run / "training_curves.png")
+    variant = {"file": "model_int8.tflite", "n": 40, "accuracy": 0.75, "delta_acc": -2.5, "agreement": 92.5,
+               "strict_agreement": 92.5, "max_abs_dp": 0.31, "mean_abs_dp": 0.02,
+               "failures": ["agreement 92.5 < 97.0"] if parity_fail else [], "passed": not parity_fail}
+    atomic.write_json(run / "parity.json", {"split": "test", "n": 40, "keras_accuracy": 0.775, "passed": not parity_fail,
+                                            "variants": {"int8": variant}})
+    atomic.write_json(run / "bench.json", {"settings": {"threads": [1, 2], "runs": 50, "warmup": 5},
+                                           "machine": {"backend": "ai-edge-litert", "cpu_count": 2, "machine": "x86_64"},
+                                           "variants": [{"variant": "int8", "status": "parity FAILED", "size_mb": 2.75,
+                                                         "input_dtype": "uint8", "accuracy": 0.75, "delta_acc": -2.5,
+                                                         "latency": {"1": {"p50_ms": 1.234, "p90_ms": 1.5,
+                                                                           "images_per_s": 789.1}}}]})
+    atomic.write_json(run / "model_card.json", {"name": "edge-transfer mobilenet_v2 classifier", "intended_use": "photos",
+                                                "preprocessing": {"input": "RGB 224x224"}, "limitations": ["a <b> limit"],
+                                                "variants": {"int8": {"size_mb": 2.75, "input": "uint8", "output": "uint8",
+                                                                      "min_runtime_version": "1.14.0"}}})
+    return report
+
+
+def test_wilson_interval_closed_forms():
+    z2 = 1.959963984540054 ** 2
+    assert metrics.wilson(0.0, 10) == pytest.approx((0.0, z2 / (10 + z2)))
+    assert metrics.wilson(1.0, 10) == pytest.approx((10 / (10 + z2), 1.0))
+    lo, hi = metrics.wilson(0.75, 40)  # 30 of 40: the textbook [0.598, 0.858]
+    assert (round(lo, 3), round(hi, 3)) == (0.598, 0.858)
+    lo, hi = metrics.wilson(0.5, 10_000)  # large n: the normal interval
+    assert hi - 0.5 == pytest.approx(1.96 * math.sqrt(0.25 / 10_000), rel=1e-3)
+
+
+def test_page_is_self_contained_and_shows_every_section(tmp_path):
+    report = make_run(tmp_path / "run")
+    path = report_html.write(tmp_path / "run")
+    page = path.read_text(encoding="utf-8")
+    assert path == tmp_path / "run" / "report.html"
+    assert [p.name for p in path.parent.iterdir() if p.name.startswith(".")] == []  # atomic: no temp file left
+    tags = _tags(page)
+    assert not [t for t, a in tags if t in ("script", "link", "iframe", "object", "embed")]
+    urls = [a.get(k) for _, a in tags for k in ("src", "href") if a.get(k)]
+    assert urls and all(u.startswith("data:image/") for u in urls), urls[:3]
+    images = [a["src"] for t, a in tags if t == "img"]
+    mistakes = report["mistakes"]
+    assert len(images) == 1 + len(mistakes) - 1  # curves + every mistake but the missing photo
+    assert page.count('class="missing"') == 1 and "daisy/gone.jpg" in page
+    for section in ("Dataset", "Metrics (model.keras)", "Per class (test)", "Confusion matrix", "Training curves",
+                    "Photos it got wrong", "TFLite parity", "Benchmark", "Model card", "Configuration"):
+        assert section in page, section
+    for label in report["labels"]:
+        assert f"<td>{label}</td>" in page
+    test = report["splits"]["test"]
+    lo, hi = metrics.wilson(test["accuracy"], test["n"])
+    assert f"{test['accuracy']:.4f} <span class=muted>[{lo:.3f}, {hi:.3f}]</span>" in page
+    assert "roses/broken.jpg" in page and "cannot identify image file" in page
+    assert "FAIL" in page and "<b>int8</b>: agreement 92.5 &lt; 97.0" in page and "1.23 / 1.50 <span class=muted>·</span> 789" in page
+    assert "a &lt;b&gt; limit" in page  # text is escaped
+
+
+def test_thumbnail_is_the_photo_as_the_model_saw_it(tmp_path):
+    photo = sorted((SAMPLE / "daisy").glob("*.jpg"))[0]
+    uri = report_html.thumbnail(photo, PreprocessSpec())
+    import base64
+    import io
+
+    img = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
+    assert img.format == "JPEG" and img.size == (96, 96)
+    assert report_html.thumbnail(tmp_path / "nothing.jpg", PreprocessSpec()) is None
+    (tmp_path / "text.jpg").write_text("not a photo")
+    assert report_html.thumbnail(tmp_path / "text.jpg", PreprocessSpec()) is None
+
+
+def test_only_report_json_is_required(tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(data.DataError, match="report.json"):
+        report_html.write(tmp_path)
+    assert report_html.refresh(tmp_path) is None and not (tmp_path / "report.html").exists()
+    run.mkdir()
+    atomic.write_json(run / "report.json", {"splits": {"test": {"n": 0, "accuracy": None}}})
+    page = report_html.write(run).read_text()
+    assert "Training report" in page and "TFLite parity" not in page and "<img" not in page
+
+
+@pytest.mark.browser
+def test_browser_check_catches_broken_images_console_errors_and_network(tmp_path):
+    """The negative control: the Chromium check below can fail."""
+    bad = tmp_path / "bad.html"
+    bad.write_text('<html><body><img src="missing.png"><img src="http://127.0.0.1:9/x.png">'
+                   "<script>console.error('boom')</script></body></html>")
+    load = browser.load(bad.as_uri())
+    assert [i["naturalWidth"] for i in load.images] == [0, 0]
+    assert any("boom" in e for e in load.errors) and any("load failed" in e or "ERR_" in e for e in load.errors)
+    assert "http://127.0.0.1:9/x.png" in load.requests
+
+
+@pytest.mark.browser
+def test_page_renders_in_chromium(tmp_path):
+    make_run(tmp_path / "run")
+    page = report_html.write(tmp_path / "run")
+    load = browser.load(page.as_uri(), screenshot=tmp_path / "report.png")
+    assert load.errors == []
+    assert len(load.images) >= 2 and all(i["complete"] and i["naturalWidth"] > 0 for i in load.images), load.images
+    assert all(u == page.as_uri() or u.startswith("data:") for u in load.requests), load.requests
+    shot = Image.open(load.screenshot)
+    assert shot.width == 1200 and shot.height > 2000  # the whole page, not just the viewport
+    assert len(np.unique(np.asarray(shot.convert("L")))) > 50  # rendered content, not a blank canvas
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_train_convert_and_bench_write_the_page(converted, tmp_path):
+    """The session's real run: train recorded its mistakes and wrote the page, convert added the
+    parity table and model card, bench adds its table; Chromium renders the result cleanly."""
+    report = json.loads((converted / "report.json").read_text())
+    splits = data.read_splits(converted)
+    mistakes = report["mistakes"]
+    test_paths = {s.path for s in splits.test}
+    assert 0 < len(mistakes) <= 48
+    assert all(m["split"] == "test" and m["path"] in test_paths and m["label"] != m["predicted"] for m in mistakes)
+    assert [m["confidence"] for m in mistakes] == sorted((m["confidence"] for m in mistakes), reverse=True)
+    wrong = report["splits"]["test"]["n"] - round(report["splits"]["test"]["accuracy"] * report["splits"]["test"]["n"])
+    assert len(mistakes) == min(48, wrong)
+    page = (converted / "report.html").read_text()
+    assert "TFLite parity" in page and "Model card" in page and "Benchmark" not in page
+    run = shutil.copytree(converted, tmp_path / "run")
+    result = run_cli("trainer", "bench", str(run), "--threads", "1", "--runs", "3", "--warmup", "1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    page = run / "report.html"
+    assert "Benchmark" in page.read_text()
+    load = browser.load(page.as_uri(), screenshot=tmp_path / "report.png")
+    assert load.errors == [] and all(i["naturalWidth"] > 0 for i in load.images)
+    assert len(load.images) == 1 + len(mistakes)
+
+
+def test_mistakes_are_the_wrong_photos_most_confident_first():
+    labels = ["a", "b", "c"]
+    probs = np.array([[0.9, 0.05, 0.05], [0.2, 0.7, 0.1], [0.1, 0.3, 0.6], [0.5, 0.4, 0.1], [0.05, 0.9, 0.05]])
+    y = np.array([0, 0, 2, 1, 2])  # rows 1, 3, 4 are wrong
+    got = metrics.mistakes("val", ["p0", "p1", "p2", "p3", "p4"], y, probs, labels)
+    assert [(m["path"], m["label"], m["predicted"], m["confidence"]) for m in got] == [
+        ("p4", "c", "b", 0.9), ("p1", "a", "b", 0.7), ("p3", "b", "a", 0.5)]
+    assert {m["split"] for m in got} == {"val"}
+    assert len(metrics.mistakes("val", ["p0", "p1", "p2", "p3", "p4"], y, probs, labels, limit=2)) == 2

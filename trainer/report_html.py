@@ -1,0 +1,306 @@
+"""RUN_DIR/report.html: one self-contained page about a run (no network, no external CSS/JS,
+images as data URIs), rebuilt at any time from the run directory's files alone.
+
+report.json is required; splits.json, config.json, labels.txt, training_curves.png,
+parity.json, bench.json and model_card.json each add a section when present. `train` writes
+the page, `convert` and `bench` rewrite it. Thumbnails of wrong photos are read from the data
+folder through edge.preprocess (what the model saw); a photo that is gone gets a placeholder.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+from edge.preprocess import PreprocessSpec, prepare
+from trainer import atomic
+from trainer.metrics import wilson
+from trainer.data import DataError
+
+THUMB_PX = 96
+
+CSS = """
+:root{--fg:#1f2933;--muted:#616e7c;--line:#e4e7eb;--bg:#f5f7fa;--ok:#1b7f3b;--bad:#c62828;--accent:#2563eb}
+*{box-sizing:border-box}
+body{margin:0;font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;color:var(--fg);background:var(--bg)}
+main{max-width:1120px;margin:0 auto;padding:24px 28px 48px}
+h1{font-size:24px;margin:0 0 4px}h2{font-size:18px;margin:32px 0 10px;padding-bottom:4px;border-bottom:2px solid var(--line)}
+h3{font-size:15px;margin:18px 0 6px}p{margin:6px 0}.muted{color:var(--muted)}code{font-size:12.5px}
+section{background:#fff;border:1px solid var(--line);border-radius:8px;padding:4px 20px 18px;margin-top:18px}
+section>h2:first-child{margin-top:14px}
+.cards{display:flex;flex-wrap:wrap;gap:12px;margin-top:16px}
+.card{background:#fff;border:1px solid var(--line);border-radius:8px;padding:10px 16px;min-width:150px}
+.card b{display:block;font-size:22px}.card span{color:var(--muted);font-size:12px}
+table{border-collapse:collapse;margin:6px 0;font-variant-numeric:tabular-nums}
+th,td{padding:5px 10px;border-bottom:1px solid var(--line);text-align:left;white-space:nowrap}
+th{background:#f0f3f7;font-weight:600}td.n,th.n{text-align:right}tbody tr:hover{background:#f8fafc}
+.pass{color:var(--ok);font-weight:600}.fail{color:var(--bad);font-weight:600}
+table.cm td{text-align:center;min-width:46px}table.cm td.diag{outline:2px solid #94a3b8;outline-offset:-2px}
+.grid{display:flex;flex-wrap:wrap;gap:12px}
+figure{margin:0;width:150px;border:1px solid var(--line);border-radius:6px;padding:6px;background:#fff}
+figure img,.missing{width:96px;height:96px;display:block;margin:0 auto;border-radius:4px}
+.missing{background:repeating-linear-gradient(45deg,#eef1f5,#eef1f5 6px,#e2e6eb 6px,#e2e6eb 12px);
+ color:var(--muted);font-size:11px;display:flex;align-items:center;justify-content:center;text-align:center}
+figcaption{font-size:12px;margin-top:5px;word-break:break-word}figcaption .p{color:var(--bad)}figcaption .c{color:var(--bad);font-size:11.5px}
+figcaption .path{color:var(--muted);font-size:10.5px}
+img.plot{max-width:100%;height:auto}.scroll{overflow-x:auto}ul{margin:6px 0;padding-left:20px}
+pre{background:#f0f3f7;padding:10px;border-radius:6px;overflow:auto;font-size:12px}
+"""
+
+
+def _json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _e(x) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _num(x, fmt: str = "{:.4f}") -> str:
+    return "–" if x is None else fmt.format(x)
+
+
+def _table(head: list[str], rows: list[list], numeric_from: int = 1, cls: str = "") -> str:
+    """Rows are lists of HTML-ready cells; columns from ``numeric_from`` on are right-aligned."""
+    th = "".join(f'<th{" class=n" if i >= numeric_from else ""}>{h}</th>' for i, h in enumerate(head))
+    body = "".join("<tr>" + "".join(f'<td{" class=n" if i >= numeric_from else ""}>{c}</td>' for i, c in enumerate(r))
+                   + "</tr>" for r in rows)
+    return f'<div class=scroll><table class="{cls}"><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table></div>'
+
+
+def _acc_ci(accuracy, n) -> str:
+    if accuracy is None:
+        return "–"
+    lo, hi = wilson(accuracy, n)
+    return f"{accuracy:.4f} <span class=muted>[{lo:.3f}, {hi:.3f}]</span>"
+
+
+def _gate(passed) -> str:
+    if passed is None:
+        return "–"
+    return '<span class="pass">pass</span>' if passed else '<span class="fail">FAIL</span>'
+
+
+def thumbnail(path: Path, spec: PreprocessSpec) -> str | None:
+    """data: URI of a ~96 px JPEG of the photo as the model saw it, or None if it is unreadable."""
+    from PIL import Image
+
+    try:
+        pixels = prepare(path, spec)
+    except Exception:  # gone, unreadable or not an image any more: the page shows a placeholder
+        return None
+    buf = io.BytesIO()
+    Image.fromarray(pixels).resize((THUMB_PX, THUMB_PX), Image.Resampling.LANCZOS).save(buf, "JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _png(path: Path) -> str | None:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode() if path.is_file() else None
+
+
+def _eval_split(report: dict) -> str:
+    splits = report.get("splits", {})
+    return "test" if (splits.get("test") or {}).get("n") else "val"
+
+
+def _summary(run_dir: Path, report: dict, config: dict, labels: list[str]) -> str:
+    split = _eval_split(report)
+    m = report.get("splits", {}).get(split, {})
+    cards = []
+    if m.get("accuracy") is not None:
+        lo, hi = wilson(m["accuracy"], m["n"])
+        cards.append((f"{m['accuracy'] * 100:.1f} %", f"{split} accuracy, 95 % CI {lo * 100:.1f}–{hi * 100:.1f} %"))
+    cards.append((str(m.get("n", 0)), f"{split} photos"))
+    cards.append((str(len(labels)), "classes"))
+    counts = report.get("counts", {})
+    cards.append((str(sum(counts.values())), "photos used"))
+    cards.append((str(len(report.get("skipped", []))), "files skipped"))
+    if "total_s" in report.get("timings", {}):
+        cards.append((f"{report['timings']['total_s']:.0f} s", "training time"))
+    backbone = config.get("backbone", {})
+    size = config.get("preprocess", {}).get("size")
+    sub = f"backbone <code>{_e(backbone.get('name', '?'))}</code>" + (f", {size[0]}×{size[1]} px" if size else "")
+    return (f"<h1>Training report: {_e(run_dir.resolve().name)}</h1><p class=muted>{sub}; "
+            f"data <code>{_e(config.get('data', {}).get('dir', ''))}</code></p><div class=cards>"
+            + "".join(f"<div class=card><b>{v}</b><span>{k}</span></div>" for v, k in cards) + "</div>")
+
+
+def _dataset(report: dict, splits: dict | None, labels: list[str]) -> str:
+    parts = ("train", "val", "test")
+    out = ["<section><h2>Dataset</h2>"]
+    if splits:
+        counts = {p: [0] * len(labels) for p in parts}
+        for p in parts:
+            for s in splits.get(p, []):
+                counts[p][int(s["label"])] += 1
+        rows = [[_e(c)] + [counts[p][i] for p in parts] + [sum(counts[p][i] for p in parts)]
+                for i, c in enumerate(labels)]
+        rows.append(["<b>all</b>"] + [f"<b>{sum(counts[p])}</b>" for p in parts]
+                    + [f"<b>{sum(sum(v) for v in counts.values())}</b>"])
+        out.append(_table(["class", *parts, "total"], rows))
+    elif report.get("counts"):
+        out.append(_table(["split", "photos"], [[p, report["counts"].get(p, 0)] for p in parts]))
+    skipped = report.get("skipped", [])
+    out.append(f"<h3>Skipped files ({len(skipped)})</h3>")
+    if skipped:
+        out.append(_table(["file", "reason"], [[f"<code>{_e(s.get('path'))}</code>", _e(s.get("reason"))]
+                                               for s in skipped], numeric_from=9))
+    else:
+        out.append("<p class=muted>none: every file was readable</p>")
+    return "".join(out) + "</section>"
+
+
+def _metrics(report: dict, labels: list[str]) -> str:
+    splits = report.get("splits", {})
+    rows = [[p, m.get("n", 0), _acc_ci(m.get("accuracy"), m.get("n", 0)), _num(m.get("macro_f1"))]
+            for p, m in splits.items()]
+    out = ["<section><h2>Metrics (model.keras)</h2>",
+           _table(["split", "n", "accuracy [95 % Wilson interval]", "macro F1"], rows)]
+    split = _eval_split(report)
+    m = splits.get(split, {})
+    if m.get("per_class"):
+        rows = [[_e(c), _num(v["precision"]), _num(v["recall"]), _num(v["f1"]), v["support"]]
+                for c, v in m["per_class"].items()]
+        out += [f"<h3>Per class ({split})</h3>", _table(["class", "precision", "recall", "F1", "support"], rows)]
+    if m.get("confusion_matrix"):
+        out += [f"<h3>Confusion matrix ({split}; rows true, columns predicted)</h3>", _confusion(m["confusion_matrix"], labels)]
+    return "".join(out) + "</section>"
+
+
+def _confusion(cm: list[list[int]], labels: list[str]) -> str:
+    """An HTML heat map, shaded by the share of each true class (row)."""
+    head = "<tr><th>true \\ predicted</th>" + "".join(f"<th>{_e(c)}</th>" for c in labels) + "</tr>"
+    body = []
+    for i, row in enumerate(cm):
+        total = sum(row) or 1
+        cells = []
+        for j, v in enumerate(row):
+            a = v / total
+            colour = "#fff" if a > 0.55 else "inherit"
+            cells.append(f'<td class="{"diag" if i == j else ""}" style="background:rgba(37,99,235,{a:.3f});'
+                         f'color:{colour}">{v}</td>')
+        body.append(f"<tr><th>{_e(labels[i]) if i < len(labels) else i}</th>{''.join(cells)}</tr>")
+    return f'<table class="cm"><thead>{head}</thead><tbody>{"".join(body)}</tbody></table>'
+
+
+def _curves(run_dir: Path) -> str:
+    uri = _png(run_dir / "training_curves.png")
+    if uri is None:
+        return ""
+    return f'<section><h2>Training curves</h2><img class=plot alt="training curves" src="{uri}"></section>'
+
+
+def _mistakes(report: dict, splits: dict | None, config: dict) -> str:
+    mistakes = report.get("mistakes")
+    if mistakes is None:
+        return ""
+    out = [f"<section><h2>Photos it got wrong ({len(mistakes)}, most confident first)</h2>"]
+    if not mistakes:
+        return out[0] + "<p class=muted>none</p></section>"
+    root = Path((splits or {}).get("data_dir") or config.get("data", {}).get("dir", "."))
+    spec = PreprocessSpec.from_dict(config["preprocess"]) if "preprocess" in config else PreprocessSpec()
+    figures = []
+    for m in mistakes:
+        uri = thumbnail(root / m["path"], spec)
+        pic = (f'<img alt="{_e(m["path"])}" src="{uri}" width={THUMB_PX} height={THUMB_PX}>' if uri
+               else '<div class="missing">photo not found</div>')
+        figures.append(f'<figure title="{_e(root / m["path"])}">{pic}<figcaption>true <b>{_e(m["label"])}</b><br>'
+                       f'<span class=p>predicted <b>{_e(m["predicted"])}</b></span><br>'
+                       f'<span class=c>confidence {m["confidence"] * 100:.0f} %</span><br>'
+                       f'<span class=path>{_e(m["path"])}</span></figcaption></figure>')
+    return out[0] + f"<div class=grid>{''.join(figures)}</div></section>"
+
+
+def _parity(parity: dict | None) -> str:
+    if not parity:
+        return ""
+    rows = []
+    for mode, v in parity.get("variants", {}).items():
+        rows.append([f"<b>{_e(mode)}</b>", f"<code>{_e(v.get('file'))}</code>", v.get("n"),
+                     _acc_ci(v.get("accuracy"), v.get("n", 0)), _num(v.get("delta_acc"), "{:+.2f}"),
+                     _num(v.get("agreement"), "{:.2f}"), _num(v.get("strict_agreement"), "{:.2f}"),
+                     _num(v.get("max_abs_dp"), "{:.1e}"), _num(v.get("mean_abs_dp"), "{:.1e}"),
+                     _gate(v.get("passed"))])
+    head = ["variant", "file", "n", "accuracy [95 % CI]", "Δacc (pt)", "agreement %", "strict %", "max |Δp|",
+            "mean |Δp|", "gate"]
+    failed = "".join(f"<li><b>{_e(mode)}</b>: {_e('; '.join(v['failures']))}</li>"
+                     for mode, v in parity.get("variants", {}).items() if v.get("failures"))
+    return (f"<section><h2>TFLite parity</h2><p>Every variant against model.keras on {_e(parity.get('n'))} "
+            f"{_e(parity.get('split'))} photos (Keras accuracy {_acc_ci(parity.get('keras_accuracy'), parity.get('n', 0))}); "
+            f"gate overall: {_gate(parity.get('passed'))}</p>" + _table(head, rows, numeric_from=2)
+            + (f"<p class=fail>Failed gates:</p><ul>{failed}</ul>" if failed else "") + "</section>")
+
+
+def _bench(bench: dict | None) -> str:
+    if not bench:
+        return ""
+    s, machine = bench.get("settings", {}), bench.get("machine", {})
+    threads = [str(t) for t in s.get("threads", [])]
+    head = ["variant", "status", "input", "size MB", "accuracy", "Δacc (pt)",
+            *(f"{t} thread{'s' if t != '1' else ''}<br><span class=muted>p50 / p90 ms · img/s</span>" for t in threads)]
+    rows = []
+    for v in bench.get("variants", []):
+        status = _e(v.get("status")) + (f" <span class=muted>({_e('; '.join(v.get('notes', [])))})</span>" if v.get("notes") else "")
+        row = [f"<b>{_e(v.get('variant'))}</b>", status, _e(v.get("input_dtype") or "–"), _num(v.get("size_mb"), "{:.2f}"),
+               _num(v.get("accuracy")), _num(v.get("delta_acc"), "{:+.2f}")]
+        for t in threads:
+            lat = v.get("latency", {}).get(t)
+            row.append(f"{lat['p50_ms']:.2f} / {lat['p90_ms']:.2f} <span class=muted>·</span> {lat['images_per_s']:.0f}"
+                       if lat else "–")
+        rows.append(row)
+    return (f"<section><h2>Benchmark</h2><p class=muted>{_e(s.get('runs'))} timed invokes after {_e(s.get('warmup'))} "
+            f"warmup, seeded random input; {_e(machine.get('backend') or 'no runtime')} on {_e(machine.get('cpu_count'))} "
+            f"CPUs ({_e(machine.get('machine'))}){'; ' + _e(bench['created_at']) if bench.get('created_at') else ''}</p>"
+            + _table(head, rows, numeric_from=3) + "</section>")
+
+
+def _model_card(card: dict | None) -> str:
+    if not card:
+        return ""
+    rows = [[f"<b>{_e(m)}</b>", _e(v.get("summary", "")), _e(v.get("input")), _e(v.get("output")),
+             _e(v.get("min_runtime_version")), _num(v.get("size_mb"), "{:.2f}")] for m, v in card.get("variants", {}).items()]
+    limits = "".join(f"<li>{_e(x)}</li>" for x in card.get("limitations", []))
+    return (f"<section><h2>Model card</h2><h3>{_e(card.get('name', ''))}</h3>"
+            f"<p><b>Intended use.</b> {_e(card.get('intended_use', ''))}</p>"
+            f"<p><b>Input.</b> {_e(card.get('preprocessing', {}).get('input', ''))}</p>"
+            + (_table(["variant", "what it is", "input", "output", "min runtime", "size MB"], rows, numeric_from=4)
+               if rows else "") + f"<p><b>Limitations.</b></p><ul>{limits}</ul></section>")
+
+
+def render(run_dir: str | Path) -> str:
+    """The page as a string, from the run directory's files only."""
+    run_dir = Path(run_dir)
+    report = _json(run_dir / "report.json")
+    if report is None:
+        raise DataError(f"{run_dir / 'report.json'} not found or not JSON: is {run_dir} a training run directory?")
+    config = _json(run_dir / "config.json") or {}
+    splits = _json(run_dir / "splits.json")
+    labels_file = run_dir / "labels.txt"
+    labels = (labels_file.read_text(encoding="utf-8").splitlines() if labels_file.is_file()
+              else report.get("labels") or (splits or {}).get("labels", []))
+    body = "".join([
+        _summary(run_dir, report, config, labels), _dataset(report, splits, labels), _metrics(report, labels),
+        _curves(run_dir), _mistakes(report, splits, config), _parity(_json(run_dir / "parity.json")),
+        _bench(_json(run_dir / "bench.json")), _model_card(_json(run_dir / "model_card.json")),
+        f"<section><h2>Configuration</h2><details><summary>config.json</summary><pre>{_e(json.dumps(config, indent=2))}"
+        "</pre></details></section>" if config else "",
+    ])
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
+            f'content="width=device-width, initial-scale=1"><title>{_e(run_dir.resolve().name)}: training report</title>'
+            f"<style>{CSS}</style></head><body><main>{body}</main></body></html>\n")
+
+
+def write(run_dir: str | Path) -> Path:
+    """Write RUN_DIR/report.html atomically and return its path."""
+    return atomic.write_text(Path(run_dir) / "report.html", render(run_dir))
+
+
+def refresh(run_dir: str | Path) -> Path | None:
+    """Rewrite report.html after `convert` / `bench`; a run without report.json gets none."""
+    return write(run_dir) if (Path(run_dir) / "report.json").is_file() else None
