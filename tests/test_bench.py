@@ -10,8 +10,9 @@ import pytest
 
 from tests.conftest import copy_run, run_cli
 
-MODES = ["float32", "float16", "dynamic", "int8"]
-EXPECTED = {"float32": "parity passed", "float16": "missing", "dynamic": "invalid", "int8": "parity FAILED"}
+MODES = ["float32", "float16", "dynamic", "int8", "full_int8"]
+EXPECTED = {"float32": "parity passed", "float16": "missing", "dynamic": "invalid", "int8": "parity FAILED",
+            "full_int8": "parity passed"}
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from tests.client_venvs import assert_top_category, client_classify
 
 pytestmark = [pytest.mark.clients, pytest.mark.slow]
 
-MODES = ["float32", "float16", "dynamic", "int8"]
+MODES = ["float32", "float16", "dynamic", "int8", "full_int8"]
 
 
 @pytest.mark.parametrize("client", ["mediapipe", "tflite_support"])

@@ -12,8 +12,9 @@ from edge.metadata import read_metadata
 from edge.model_file import op_names, tensor_types
 from tests.conftest import CALIBRATION_IMAGES, TEST_GATE_FLAGS, copy_run, run_cli
 
-MODES = ["float32", "float16", "dynamic", "int8"]
-IO = {"float32": "float32", "float16": "float32", "dynamic": "float32", "int8": "uint8"}
+MODES = ["float32", "float16", "dynamic", "int8", "full_int8"]
+IN = {"float32": "float32", "float16": "float32", "dynamic": "float32", "int8": "uint8", "full_int8": "uint8"}
+OUT = {**IN, "int8": "float32"}  # int8: uint8 pixels in, float probabilities out
 
 
 def labels_of(run) -> list[str]:
@@ -26,9 +27,9 @@ def test_each_variant_has_the_dtypes_its_mode_promises(converted, mode):
 
     path = converted / f"model_{mode}.tflite"
     assert path.stat().st_size > 1_000_000
-    assert tensor_types(path) == {"inputs": [IO[mode]], "outputs": [IO[mode]]}
+    assert tensor_types(path) == {"inputs": [IN[mode]], "outputs": [OUT[mode]]}
     types = inspect_model(path.read_bytes()).tensor_types
-    weight_type = {"float32": "float32", "float16": "float16", "dynamic": "int8", "int8": "int8"}[mode]
+    weight_type = {"float32": "float32", "float16": "float16"}.get(mode, "int8")
     assert types.get(weight_type, 0) > 50, types  # the conv kernels are stored in the promised type
     if mode == "float32":
         assert set(types) <= {"float32", "int32"}
@@ -37,13 +38,13 @@ def test_each_variant_has_the_dtypes_its_mode_promises(converted, mode):
 def test_sizes_shrink_with_quantization(converted):
     size = {m: (converted / f"model_{m}.tflite").stat().st_size for m in MODES}
     assert size["float16"] < 0.6 * size["float32"]
-    assert size["dynamic"] < 0.35 * size["float32"] and size["int8"] < 0.35 * size["float32"]
+    assert all(size[m] < 0.35 * size["float32"] for m in ("dynamic", "int8", "full_int8")), size
 
 
-def test_int8_has_uint8_io_with_identity_input_quantization_and_only_integer_ops(converted):
+def test_full_int8_has_uint8_io_with_identity_input_quantization_and_only_integer_ops(converted):
     from trainer.variants import inspect_model
 
-    data = (converted / "model_int8.tflite").read_bytes()
+    data = (converted / "model_full_int8.tflite").read_bytes()
     ops = op_names(data)
     assert "DEQUANTIZE" not in ops and "CONV_2D" in ops and "SOFTMAX" in ops
     v = inspect_model(data)
@@ -52,13 +53,35 @@ def test_int8_has_uint8_io_with_identity_input_quantization_and_only_integer_ops
     assert v.output_quantization == (1 / 256, 0)  # TFLite's uint8 softmax encoding
 
 
+def test_int8_takes_raw_pixels_and_computes_the_softmax_in_float(converted):
+    """No 1/256 probability grid: the int8 body ends in DEQUANTIZE -> float SOFTMAX, and the
+    scores on real photos are not multiples of 1/256."""
+    from trainer.parity import held_out, tflite_probabilities
+    from trainer.run_dir import RunDir
+    from trainer.variants import inspect_model
+
+    path = converted / "model_int8.tflite"
+    v = inspect_model(path.read_bytes())
+    assert v.input_dtype == "uint8" and v.input_quantization == (1.0, 0) and v.output_dtype == "float32"
+    assert v.tensor_types["int8"] > 5 * v.tensor_types["float32"], v.tensor_types  # int8 math, a few float layers
+    assert "DEQUANTIZE" in v.ops and "SOFTMAX" in v.ops
+    _, images, _ = held_out(RunDir.open(converted))
+    probs = tflite_probabilities(path, images[:10])
+    assert np.allclose(probs.sum(1), 1, atol=1e-5)
+    off_grid = np.abs(probs * 256 - np.round(probs * 256)) > 1e-3
+    assert off_grid.mean() > 0.5
+
+
 def test_verify_reports_a_file_that_breaks_its_modes_promises(converted):
     from trainer.variants import MODES as TABLE, verify
 
     float_model = (converted / "model_float32.tflite").read_bytes()
-    problems = " ".join(verify(float_model, TABLE["int8"]).problems)
+    problems = " ".join(verify(float_model, TABLE["full_int8"]).problems)
     assert "input is float32, expected uint8" in problems and "not integer-only" in problems
-    assert verify((converted / "model_int8.tflite").read_bytes(), TABLE["int8"]).ok
+    assert verify((converted / "model_full_int8.tflite").read_bytes(), TABLE["full_int8"]).ok
+    int8 = (converted / "model_int8.tflite").read_bytes()
+    assert verify(int8, TABLE["int8"]).ok
+    assert "not integer-only" in " ".join(verify(int8, TABLE["full_int8"]).problems)
     assert not verify((converted / "model_float16.tflite").read_bytes(), TABLE["float32"]).ok
 
 
@@ -87,7 +110,7 @@ def test_cli_logs_every_export_with_size_time_and_int8_input_quantization(traine
     assert "fully_quantize" not in result.stdout + result.stderr
 
 
-DYNAMIC_IN_TFLITE_RUNTIME = """
+IN_TFLITE_RUNTIME = """
 import json, os, sys
 os.environ["EDGE_TRANSFER_BACKEND"] = "tflite_runtime"
 import tflite_runtime
@@ -100,22 +123,22 @@ print(json.dumps({"backend": clf.backend, "version": tflite_runtime.__version__,
 
 
 @pytest.mark.clients
-def test_dynamic_variant_loads_and_classifies_in_tflite_runtime_2_14(converted):
+@pytest.mark.parametrize("mode", ["dynamic", "int8", "full_int8"])
+def test_quantized_variant_loads_and_classifies_in_tflite_runtime_2_14(converted, confident_photo, mode):
     from edge.preprocess import PreprocessSpec, prepare
     from tests.client_venvs import run_client
-    from trainer.data import read_splits
     from trainer.parity import tflite_probabilities
 
-    photo = read_splits(converted).paths("test")[0]
-    model = converted / "model_dynamic.tflite"
-    result = run_client("tflite_runtime", DYNAMIC_IN_TFLITE_RUNTIME, str(model), str(photo))
+    photo, _, index = confident_photo
+    model = converted / f"model_{mode}.tflite"
+    result = run_client("tflite_runtime", IN_TFLITE_RUNTIME, str(model), str(photo))
     assert result.returncode == 0, result.stderr[-2000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["backend"] == "tflite_runtime" and out["version"].startswith("2.14")
     here = tflite_probabilities(model, prepare(photo, PreprocessSpec()))
     # hybrid (dynamic-range) kernels differ between runtime versions and thread counts in the
     # last digits of the activation quantization, so the same top-1 and close scores, not bit-equal
-    assert int(np.argmax(out["probs"])) == int(np.argmax(here))
+    assert int(np.argmax(out["probs"])) == int(np.argmax(here)) == index
     np.testing.assert_allclose(out["probs"], here, atol=0.01)
 
 
@@ -139,7 +162,7 @@ def test_tf_default_dynamic_range_model_would_not_load_in_tflite_runtime_2_14(co
     path = tmp_path / "tf_default_dynamic.tflite"
     path.write_bytes(convert_model(model, TfDefault("dynamic", "tf default", weights="int8", optimize=True)))
     photo = read_splits(converted).paths("test")[0]
-    result = run_client("tflite_runtime", DYNAMIC_IN_TFLITE_RUNTIME, str(path), str(photo))
+    result = run_client("tflite_runtime", IN_TFLITE_RUNTIME, str(path), str(photo))
     assert result.returncode != 0
     assert "FULLY_CONNECTED" in result.stderr and "12" in result.stderr
 
@@ -162,4 +185,4 @@ def test_bad_run_dir_and_bad_mode_are_one_line_errors(tmp_path):
     assert result.stderr.strip().splitlines() == [result.stderr.strip()] and "error:" in result.stderr
     assert "training run directory" in result.stderr
     result = run_cli("trainer", "convert", str(tmp_path), "--mode", "int4")
-    assert result.returncode == 2 and "--mode must be one of float32, float16, dynamic, int8" in result.stderr
+    assert result.returncode == 2 and "--mode must be one of float32, float16, dynamic, int8, full_int8" in result.stderr

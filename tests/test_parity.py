@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import copy_run, run_cli
 from trainer.parity import Thresholds, compare, default_thresholds
 
-MODES = ["float32", "float16", "dynamic", "int8"]
+MODES = ["float32", "float16", "dynamic", "int8", "full_int8"]
 
 
 @pytest.fixture()
@@ -54,7 +54,10 @@ def test_thresholds_fail_exactly_past_their_bounds(fake_model):
 def test_default_thresholds_match_the_documented_gate():
     t = default_thresholds()
     assert t["float32"] == Thresholds(max_abs_dp=1e-4) and t["float16"] == Thresholds(max_abs_dp=0.05)
-    assert t["dynamic"] == t["int8"] == Thresholds(min_delta_acc=-1.0, min_agreement=97.0)
+    assert t["dynamic"] == t["int8"] == t["full_int8"] == Thresholds(min_delta_acc=-1.0, min_agreement=97.0)
+    given = default_thresholds(min_agreement=90.0)
+    assert given["int8"] == Thresholds(min_delta_acc=-1.0, min_agreement=90.0)
+    assert given["full_int8"].min_agreement == 90.0 and given["float32"] == t["float32"]
 
 
 # --------------------------------------------------------------------------- on the real run
@@ -83,7 +86,7 @@ def test_parity_numbers_match_an_independent_recomputation(converted, keras_test
     from ai_edge_litert.interpreter import Interpreter
 
     images, y, kp = keras_test.images, keras_test.y, keras_test.probs
-    interpreter = Interpreter(model_path=str(converted / "model_int8.tflite"))
+    interpreter = Interpreter(model_path=str(converted / "model_full_int8.tflite"))
     interpreter.allocate_tensors()
     inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
     raw = []
@@ -93,7 +96,7 @@ def test_parity_numbers_match_an_independent_recomputation(converted, keras_test
         raw.append(interpreter.get_tensor(out["index"])[0].copy())
     probs = np.array(raw, np.float64) / 256.0
     report = json.loads((converted / "parity.json").read_text())
-    v = report["variants"]["int8"]
+    v = report["variants"]["full_int8"]
     assert report["keras_accuracy"] == pytest.approx(np.mean(kp.argmax(1) == y), abs=1e-4)
     agree = np.mean(probs[np.arange(len(y)), kp.argmax(1)] == probs.max(1)) * 100
     assert v["agreement"] == pytest.approx(agree, abs=1e-3)
@@ -134,7 +137,8 @@ def test_model_card_describes_data_metrics_and_every_variant(converted):
     assert card["metrics"]["test"]["accuracy"] == report["splits"]["test"]["accuracy"]
     assert list(card["variants"]) == MODES
     int8 = card["variants"]["int8"]
-    assert int8["input"] == int8["output"] == "uint8" and int8["input_quantization"] == [1.0, 0]
+    assert int8["input"] == "uint8" and int8["output"] == "float32" and int8["input_quantization"] == [1.0, 0]
+    assert card["variants"]["full_int8"]["output"] == "uint8"
     assert int8["size_bytes"] == (converted / "model_int8.tflite").stat().st_size
     assert int8["parity"]["passed"] is True and int8["min_runtime_version"]
     assert card["intended_use"] and card["limitations"]

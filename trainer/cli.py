@@ -115,12 +115,17 @@ def evaluate(
 @app.command()
 def convert(
     run_dir: Path = typer.Argument(..., help="A training run directory (model.keras, splits.json, ...)."),
-    mode: str = typer.Option("all", help="float32 | float16 | dynamic | int8 | all"),
-    calibration_images: int = typer.Option(300, help="int8: training photos to calibrate on (class-balanced, seeded)."),
-    float32_max_dp: float = typer.Option(1e-4, help="Gate: max |p_tflite - p_keras| of float32."),
-    float16_max_dp: float = typer.Option(0.05, help="Gate: max |p_tflite - p_keras| of float16."),
-    min_delta_acc: float = typer.Option(-1.0, help="Gate (dynamic, int8): accuracy change vs Keras, points."),
-    min_agreement: float = typer.Option(97.0, help="Gate (dynamic, int8): % of photos with Keras' top-1."),
+    mode: str = typer.Option("all", help="float32 | float16 | dynamic | int8 | full_int8 | all"),
+    calibration_images: int = typer.Option(300, help="int8, full_int8: training photos to calibrate on "
+                                           "(class-balanced, seeded)."),
+    int8_float_layers: int = typer.Option(3, help="int8: keep this many of the most quantization-sensitive "
+                                          "layers in float (QuantizationDebugger ranking)."),
+    float32_max_dp: Optional[float] = typer.Option(None, help="Gate: max |p_tflite - p_keras| of float32 [1e-4]."),
+    float16_max_dp: Optional[float] = typer.Option(None, help="Gate: max |p_tflite - p_keras| of float16 [0.05]."),
+    min_delta_acc: Optional[float] = typer.Option(None, help="Gate of every quantized variant: accuracy change vs "
+                                                  "Keras, points [int8 -0.3; dynamic, full_int8 -1]."),
+    min_agreement: Optional[float] = typer.Option(None, help="Gate of every quantized variant: % of photos with "
+                                                  "Keras' top-1 [int8 99; dynamic, full_int8 97]."),
     author: str = typer.Option("edge-transfer", help="Metadata author."),
     license: str = typer.Option("Apache-2.0", help="Metadata license."),
     seed: int = typer.Option(0, help="Seed of the calibration photo choice."),
@@ -139,7 +144,8 @@ def convert(
         report = convert_run(
             run_dir, resolve_modes(mode), calibration_images,
             default_thresholds(float32_max_dp, float16_max_dp, min_delta_acc, min_agreement),
-            seed=seed, threads=threads or None, author=author, license=license, log=typer.echo)
+            seed=seed, threads=threads or None, author=author, license=license, log=typer.echo,
+            float_layers=int8_float_layers)
     except _user_errors() as exc:
         _fail(str(exc))
     except ConversionError as exc:

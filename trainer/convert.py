@@ -19,18 +19,41 @@ from trainer.calibration import DEFAULT_CALIBRATION_IMAGES, calibration_images, 
 from trainer.metadata import MetadataInfo, add_metadata
 from trainer.model_io import load_keras
 from trainer.run_dir import MODEL, RunDir
-from trainer.tflite import ConversionError, run_converter
+from trainer.sensitivity import rank_layers
+from trainer.tflite import ConversionError, calibrate, quantize, run_converter
 from trainer.variants import MODES, Quantization, Verification, verify
+
+# int8 keeps this many of its most quantization-sensitive layers in float (README: measured)
+DEFAULT_FLOAT_LAYERS = 3
 from trainer.version import package_version
 
 
-def convert_model(model, quant: Quantization, calibration: np.ndarray | None = None) -> bytes:
-    """A Keras model -> TFLite bytes for one mode (no metadata yet)."""
+def convert_model(model, quant: Quantization) -> bytes:
+    """A Keras model -> TFLite bytes for an uncalibrated mode (no metadata yet)."""
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    quant.configure(converter, representative_dataset(calibration) if quant.calibrated else None)
+    quant.configure(converter)
     return run_converter(converter)
+
+
+@dataclass(frozen=True)
+class Calibrated:
+    """One calibration shared by every calibrated mode, and the layers int8 keeps in float."""
+
+    model: bytes
+    images: int
+    float_layers: tuple[str, ...]
+
+    @classmethod
+    def of(cls, model, images: np.ndarray, float_layers: int) -> "Calibrated":
+        calibrated = calibrate(model, representative_dataset(images))
+        worst = rank_layers(calibrated, images, MODES["int8"].float_ops)[:float_layers] if float_layers else []
+        return cls(calibrated, len(images), tuple(layer.tensor for layer in worst))
+
+    def quantized(self, quant: Quantization) -> bytes:
+        return quantize(self.model, quant.io_dtype, quant.output_dtype, quant.float_ops,
+                        self.float_layers if quant.float_layers else ())
 
 
 def metadata_info(run: RunDir, quant: Quantization, author: str, license: str) -> MetadataInfo:
@@ -61,32 +84,40 @@ class Export:
     seconds: float
     verification: Verification
     calibration_images: int = 0
+    float_layers: tuple[str, ...] = ()
 
     def line(self) -> str:
         v = self.verification
-        extra = f", input quantization {v.input_quantization}" if self.mode == "int8" else ""
+        extra = f", input quantization {v.input_quantization}" if v.input_dtype == "uint8" else ""
         calib = f", calibrated on {self.calibration_images} photos" if self.calibration_images else ""
+        if self.float_layers:
+            calib += f", {len(self.float_layers)} layers kept float"
         return (f"wrote {self.path} ({self.size_bytes / 1e6:.2f} MB, {self.seconds:.1f} s; "
                 f"{v.input_dtype} -> {v.output_dtype}, min runtime {v.min_runtime_version}{extra}{calib})")
 
 
 def export(run_dir: str | Path, modes: list[str], calibration_count: int = DEFAULT_CALIBRATION_IMAGES,
            seed: int = 0, author: str = "edge-transfer", license: str = "Apache-2.0",
-           keras_model=None, log: Callable[[str], None] = print) -> list[Export]:
+           keras_model=None, log: Callable[[str], None] = print,
+           float_layers: int = DEFAULT_FLOAT_LAYERS) -> list[Export]:
     """Convert, verify, add metadata, verify again and write each mode's file atomically.
 
     Raises ConversionError (nothing written for that mode) when a file breaks its promises.
     """
     run = RunDir.open(run_dir)
     model = keras_model or load_keras(run / MODEL)
-    calibration = None
+    calibrated = None
     if any(MODES[m].calibrated for m in modes):
-        calibration = calibration_images(run, calibration_count, seed)
+        t0 = time.perf_counter()
+        keep = float_layers if any(MODES[m].float_layers for m in modes) else 0
+        calibrated = Calibrated.of(model, calibration_images(run, calibration_count, seed), keep)
+        kept = f"; kept float: {', '.join(calibrated.float_layers)}" if calibrated.float_layers else ""
+        log(f"calibrated on {calibrated.images} photos ({time.perf_counter() - t0:.1f} s){kept}")
     exports = []
     for mode in modes:
         quant = MODES[mode]
         t0 = time.perf_counter()
-        bare = convert_model(model, quant, calibration)
+        bare = calibrated.quantized(quant) if quant.calibrated else convert_model(model, quant)
         _raise_problems(mode, "after conversion", verify(bare, quant))
         try:
             final = add_metadata(bare, metadata_info(run, quant, author, license))
@@ -99,7 +130,8 @@ def export(run_dir: str | Path, modes: list[str], calibration_count: int = DEFAU
             raise ConversionError(f"{mode}: metadata labels {meta.labels} differ from labels.txt {run.labels}")
         path = atomic.write_bytes(run.variant(mode), final)
         done = Export(mode, path, len(final), time.perf_counter() - t0, checked,
-                      len(calibration) if quant.calibrated else 0)
+                      calibrated.images if quant.calibrated else 0,
+                      calibrated.float_layers if quant.float_layers else ())
         log(done.line())
         exports.append(done)
     return exports

@@ -34,6 +34,7 @@ def classification_report(y_true, probs: np.ndarray, labels: list[str]) -> dict:
     n = int(len(y_true))
     return {
         "accuracy": round(float(tp.sum() / n), 4) if n else None,
+        "accuracy_ci95": ci95(float(tp.sum() / n), n) if n else None,
         "n": n,
         "macro_f1": round(float(f1[actual > 0].mean()), 4) if n else None,
         "per_class": per_class,
@@ -57,6 +58,11 @@ def mistakes(split: str, paths: list[str], y_true, probs: np.ndarray, labels: li
     order = wrong[np.argsort(-conf, kind="stable")][:limit]
     return [{"split": split, "path": paths[i], "label": labels[y_true[i]], "predicted": labels[pred[i]],
              "confidence": round(float(probs[i, pred[i]]), 4)} for i in order]
+
+
+def ci95(accuracy: float, n: int) -> list[float]:
+    """The 95 % Wilson interval, rounded, as report.json / parity.json / the model card store it."""
+    return [round(x, 4) for x in wilson(accuracy, n)]
 
 
 def wilson(accuracy: float, n: int) -> tuple[float, float]:

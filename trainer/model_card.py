@@ -26,10 +26,10 @@ LIMITS = [
     "lighting or cameras may score lower.",
     "Transfer-learned from ImageNet features: it inherits that data set's biases and blind spots.",
     "Small classes are measured on few photos; per-class numbers (model_card.json) carry wide uncertainty.",
-    "Quantized variants (dynamic, int8) may differ from the float model on borderline photos; see parity.",
+    "Quantized variants (dynamic, int8, full_int8) may differ from the float model on borderline photos; see parity.",
 ]
-INPUT_CONTRACT = ("RGB, {h}x{w}, 0..255 values: float variants take them as float32, int8 as uint8 "
-                  "(scale 1, zero point 0). Normalization is inside the model; metadata mean 0, std 1. "
+INPUT_CONTRACT = ("RGB, {h}x{w}, 0..255 values: float variants take them as float32, int8 and full_int8 as "
+                  "uint8 (scale 1, zero point 0). Normalization is inside the model; metadata mean 0, std 1. "
                   "Resize: {resize} (edge.preprocess).")
 
 
@@ -59,7 +59,8 @@ def build(run_dir: str | Path) -> dict:
             entry = parity.current(mode)
             variants[mode] = {**variant_facts(path), "summary": MODES[mode].summary,
                               "parity": {k: entry.get(k) for k in
-                                         ("accuracy", "delta_acc", "agreement", "max_abs_dp", "mean_abs_dp", "passed")}
+                                         ("accuracy", "accuracy_ci95", "delta_acc", "agreement", "max_abs_dp",
+                                          "mean_abs_dp", "passed")}
                               if entry else None}
     return {
         "name": f"edge-transfer {config.get('backbone', {}).get('name', 'mobilenet_v2')} classifier",
@@ -70,9 +71,9 @@ def build(run_dir: str | Path) -> dict:
         "preprocessing": {**preprocess, "input": INPUT_CONTRACT.format(h=h, w=w, resize=preprocess.get("resize"))},
         "backbone": config.get("backbone"),
         "training": config.get("train"),
-        "metrics": {part: {k: m.get(k) for k in ("n", "accuracy", "macro_f1", "per_class")}
+        "metrics": {part: {k: m.get(k) for k in ("n", "accuracy", "accuracy_ci95", "macro_f1", "per_class")}
                     for part, m in report.get("splits", {}).items()},
-        "parity": {k: parity.data.get(k) for k in ("split", "n", "keras_accuracy", "definitions")}
+        "parity": {k: parity.data.get(k) for k in ("split", "n", "keras_accuracy", "keras_accuracy_ci95", "definitions")}
         if parity.exists else None,
         "variants": variants,
         "intended_use": INTENDED_USE,
@@ -92,26 +93,33 @@ def render_markdown(card: dict) -> str:
     lines += ["| **all** | " + " | ".join(str(s["n"]) for s in card["splits"].values())
               + f" | {card['data']['photos']} |", "",
               "## Preprocessing", card["preprocessing"]["input"], "",
-              "## Metrics (model.keras)", "| split | n | accuracy | macro F1 |", "|---|---:|---:|---:|"]
+              "## Metrics (model.keras)", "Accuracy with its 95 % Wilson interval: the range the true accuracy on "
+              "photos like these lies in, given how few were measured.", "",
+              "| split | n | accuracy | 95 % interval | macro F1 |", "|---|---:|---:|---|---:|"]
     for part, m in card["metrics"].items():
-        lines.append(f"| {part} | {m['n']} | {m['accuracy']} | {m['macro_f1']} |")
+        lines.append(f"| {part} | {m['n']} | {m['accuracy']} | {_interval(m.get('accuracy_ci95'))} | {m['macro_f1']} |")
     parity = card.get("parity")
     lines += ["", "## TFLite variants"]
     if parity:
         lines.append(f"Parity against model.keras on {parity['n']} {parity['split']} photos "
                      f"(Keras accuracy {parity['keras_accuracy']}); agreement counts exact ties of a "
                      "quantized output as agreeing when the Keras top-1 is among them.")
-    lines += ["", "| variant | size MB | input | output | min runtime | accuracy | Δacc (pt) | agreement % "
-                  "| max abs Δp | gate |", "|---|---:|---|---|---|---:|---:|---:|---:|---|"]
+    lines += ["", "| variant | size MB | input | output | min runtime | accuracy | 95 % interval | Δacc (pt) "
+                  "| agreement % | max abs Δp | gate |", "|---|---:|---|---|---|---:|---|---:|---:|---:|---|"]
     for mode, v in card["variants"].items():
         p = v["parity"] or {}
         fmt = lambda key, f: format(p[key], f) if key in p else "-"  # noqa: E731
         gate = "-" if not p else ("pass" if p["passed"] else "FAIL")
         lines.append(f"| {mode} | {v['size_mb']} | {v['input']} | {v['output']} | {v['min_runtime_version']} | "
-                     f"{fmt('accuracy', '.4f')} | {fmt('delta_acc', '+.2f')} | {fmt('agreement', '.2f')} | "
+                     f"{fmt('accuracy', '.4f')} | {_interval(p.get('accuracy_ci95'))} | {fmt('delta_acc', '+.2f')} | "
+                     f"{fmt('agreement', '.2f')} | "
                      f"{fmt('max_abs_dp', '.2e')} | {gate} |")
     lines += ["", "## Limitations", *[f"- {item}" for item in card["limitations"]], ""]
     return "\n".join(lines)
+
+
+def _interval(ci) -> str:
+    return f"{ci[0]:.3f}–{ci[1]:.3f}" if ci else "-"
 
 
 def write(run_dir: str | Path) -> tuple[Path, Path]:

@@ -26,6 +26,7 @@ from edge.classifier import Classifier, ClassifierOptions
 from edge.postprocess import rank
 from trainer import atomic, data
 from trainer.data import DataError
+from trainer.metrics import ci95
 from trainer.model_io import load_keras
 from trainer.run_dir import MODEL, PARITY, RunDir, sha256_file
 from trainer.variants import MODES
@@ -60,12 +61,20 @@ class Thresholds:
         return out
 
 
-def default_thresholds(float32_max_dp: float = 1e-4, float16_max_dp: float = 0.05,
-                       min_delta_acc: float = -1.0, min_agreement: float = 97.0) -> dict[str, Thresholds]:
-    """Float copies must match Keras' probabilities; quantized ones its decisions."""
-    quantized = Thresholds(min_delta_acc=min_delta_acc, min_agreement=min_agreement)
-    return {"float32": Thresholds(max_abs_dp=float32_max_dp), "float16": Thresholds(max_abs_dp=float16_max_dp),
-            "dynamic": quantized, "int8": quantized}
+def default_thresholds(float32_max_dp: float | None = None, float16_max_dp: float | None = None,
+                       min_delta_acc: float | None = None, min_agreement: float | None = None) -> dict[str, Thresholds]:
+    """Each mode's gate from the mode table; a given bound overrides it (min_* for every
+    quantized mode). Float copies must match Keras' probabilities, quantized ones its decisions."""
+    given = {"float32": float32_max_dp, "float16": float16_max_dp}
+    out = {}
+    for mode, q in MODES.items():
+        if q.gate_max_abs_dp is not None:
+            out[mode] = Thresholds(max_abs_dp=given.get(mode) if given.get(mode) is not None else q.gate_max_abs_dp)
+        else:
+            out[mode] = Thresholds(
+                min_delta_acc=q.gate_min_delta_acc if min_delta_acc is None else min_delta_acc,
+                min_agreement=q.gate_min_agreement if min_agreement is None else min_agreement)
+    return out
 
 
 @dataclass(frozen=True)
@@ -81,6 +90,7 @@ class VariantParity:
     ties: int
     max_abs_dp: float
     mean_abs_dp: float
+    accuracy_ci95: list[float] = field(default_factory=list)  # 95 % Wilson interval of accuracy
     thresholds: dict = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
 
@@ -115,6 +125,7 @@ def compare(mode: str, path: Path, keras_probs: np.ndarray, tflite_probs: np.nda
         sha256=sha256_file(path),
         n=len(y),
         accuracy=round(float(np.mean(edge_top == y)), 4),
+        accuracy_ci95=ci95(float(np.mean(edge_top == y)), len(y)) if len(y) else [],
         delta_acc=round((float(np.mean(edge_top == y)) - float(np.mean(keras_top == y))) * 100, 3),
         agreement=pct(tied[np.arange(len(y)), keras_top]),
         strict_agreement=pct(edge_top == keras_top),
@@ -161,17 +172,25 @@ class ParityReport:
 
     def to_dict(self) -> dict:
         return {"split": self.split, "n": self.n, "keras_accuracy": self.keras_accuracy,
+                "keras_accuracy_ci95": ci95(self.keras_accuracy, self.n) if self.n else [],
                 "keras_sha256": self.keras_sha256, "passed": self.passed, "definitions": DEFINITIONS,
                 "variants": {v.mode: v.to_dict() for v in self.variants}}
 
     def table(self) -> str:
-        head = (f"parity on {self.n} {self.split} photos (Keras accuracy {self.keras_accuracy:.4f})\n"
-                f"{'variant':<9} {'acc':>7} {'dAcc pt':>8} {'agree %':>8} {'strict %':>9} {'ties':>5} "
-                f"{'max|dp|':>9} {'mean|dp|':>9}  gate")
-        rows = [f"{v.mode:<9} {v.accuracy:>7.4f} {v.delta_acc:>+8.2f} {v.agreement:>8.2f} {v.strict_agreement:>9.2f} "
+        lo, hi = ci95(self.keras_accuracy, self.n) if self.n else (0.0, 0.0)
+        head = (f"parity on {self.n} {self.split} photos (Keras accuracy {self.keras_accuracy:.4f}, "
+                f"95% interval {lo:.3f}-{hi:.3f})\n"
+                f"{'variant':<9} {'acc':>7} {'95% interval':>13} {'dAcc pt':>8} {'agree %':>8} {'strict %':>9} "
+                f"{'ties':>5} {'max|dp|':>9} {'mean|dp|':>9}  gate")
+        rows = [f"{v.mode:<9} {v.accuracy:>7.4f} {_interval(v.accuracy_ci95):>13} {v.delta_acc:>+8.2f} "
+                f"{v.agreement:>8.2f} {v.strict_agreement:>9.2f} "
                 f"{v.ties:>5d} {v.max_abs_dp:>9.2e} {v.mean_abs_dp:>9.2e}  "
                 f"{'pass' if v.passed else 'FAIL: ' + '; '.join(v.failures)}" for v in self.variants]
         return "\n".join([head, *rows])
+
+
+def _interval(ci: list[float]) -> str:
+    return f"{ci[0]:.3f}-{ci[1]:.3f}" if ci else "-"
 
 
 def check(run_dir: str | Path, modes: list[str], thresholds: dict[str, Thresholds], keras_model=None,

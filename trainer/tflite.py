@@ -1,6 +1,12 @@
-"""Run tf.lite.TFLiteConverter quietly: the MLIR converter prints pages from C++ and Python.
+"""TensorFlow's converter, run quietly: float conversions, one int8 calibration, and the
+quantized models made from it.
 
-Used by the exporter (every variant) and the feature cache (the frozen base as float32 TFLite).
+The MLIR converter prints pages from C++ and Python; everything here swallows them (a failure
+becomes one ConversionError line). Calibrated modes are made the way TensorFlow's own
+QuantizationDebugger makes its selectively quantized models: calibrate once
+(``_experimental_calibrate_only``), then ``mlir_quantize`` with op types and layers kept in float,
+then the I/O types set as the converter itself sets them (``util.modify_model_io_type``). One
+calibration then serves every calibrated mode and every choice of float layers.
 """
 
 from __future__ import annotations
@@ -16,15 +22,45 @@ class ConversionError(RuntimeError):
     """The converter failed or a converted file broke a promise of its mode (one line)."""
 
 
+def calibrate(model, representative) -> bytes:
+    """model -> a float TFLite model carrying the activation ranges of the calibration data."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative
+    converter.experimental_mlir_quantizer = True
+    converter._experimental_calibrate_only = True
+    return run_converter(converter)
+
+
+def quantize(calibrated: bytes, input_dtype: str, output_dtype: str, float_ops: tuple[str, ...] = (),
+             float_nodes: tuple[str, ...] = (), debug: bool = False) -> bytes:
+    """A calibrated model -> int8 math with the given I/O types; ``float_ops`` (op types) and
+    ``float_nodes`` (output tensor names) stay float. ``debug`` adds NumericVerify ops (for
+    the QuantizationDebugger's per-layer error, never shipped)."""
+    import tensorflow as tf
+    from tensorflow.lite.python import convert as tf_convert
+    from tensorflow.lite.python import util as tf_util
+
+    with silenced():
+        quantized = tf_convert.mlir_quantize(calibrated, disable_per_channel=False, fully_quantize=False,
+                                             enable_numeric_verify=debug, denylisted_ops=list(float_ops),
+                                             denylisted_nodes=list(float_nodes))
+        if debug:
+            return quantized
+        return tf_util.modify_model_io_type(quantized, tf.as_dtype(input_dtype), tf.as_dtype(output_dtype))
+
+
 def run_converter(converter) -> bytes:
     """converter.convert() with stdout/stderr swallowed; a failure becomes one ConversionError line
     carrying the tail of what the converter said."""
-    with _silenced(), contextlib.redirect_stdout(io.StringIO()):
+    with silenced(), contextlib.redirect_stdout(io.StringIO()):
         return converter.convert()
 
 
 @contextlib.contextmanager
-def _silenced():
+def silenced():
     """Swallow everything written to stdout/stderr, Python and C++ alike (the MLIR converter
     prints from C++); on error the captured tail goes into the exception message."""
     sys.stdout.flush()

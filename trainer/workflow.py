@@ -12,7 +12,8 @@ from typing import Callable
 
 from trainer import model_card, parity
 from trainer.calibration import DEFAULT_CALIBRATION_IMAGES
-from trainer.convert import export
+from trainer.convert import DEFAULT_FLOAT_LAYERS, export
+from trainer.data import DataError
 from trainer.model_io import load_keras
 from trainer.run_dir import MODEL, RunDir
 
@@ -20,14 +21,17 @@ from trainer.run_dir import MODEL, RunDir
 def convert_run(run_dir: str | Path, modes: list[str], calibration_count: int = DEFAULT_CALIBRATION_IMAGES,
                 thresholds: dict | None = None, seed: int = 0, threads: int | None = None,
                 author: str = "edge-transfer", license: str = "Apache-2.0",
-                log: Callable[[str], None] = print) -> parity.ParityReport:
+                log: Callable[[str], None] = print, float_layers: int = DEFAULT_FLOAT_LAYERS) -> parity.ParityReport:
     """Export the variants, gate them on parity, write the model card. Returns the ParityReport
     of this invocation's variants (its ``passed`` is the gate)."""
     run = RunDir.open(run_dir)  # a bad RUN_DIR fails here, before TensorFlow loads
+    if float_layers < 0:
+        raise DataError(f"--int8-float-layers must be >= 0, got {float_layers}")
     for stale in run.clean_stale_temps():
         log(f"removed {stale.name} (left by a run that was killed)")
     model = load_keras(run / MODEL)
-    export(run.path, modes, calibration_count, seed, author, license, keras_model=model, log=log)
+    export(run.path, modes, calibration_count, seed, author, license, keras_model=model, log=log,
+           float_layers=float_layers)
     t0 = time.perf_counter()
     report = parity.check(run.path, modes, thresholds or parity.default_thresholds(), keras_model=model,
                           threads=threads)
