@@ -8,7 +8,7 @@ OUT    ?= runs/latest
 RUN    ?= $(shell cat runs/LAST 2>/dev/null || echo $(OUT))
 VARIANT ?= int8
 
-.PHONY: help setup train tflite android bench test test-fast test-pi client-venvs debian-packages clean
+.PHONY: help setup train tflite android bench test test-fast test-pi fuzz client-venvs debian-packages clean
 
 help:
 	@echo "make train [DATA=dir] [OUT=dir]   train (default: the shipped sample photos)"
@@ -70,6 +70,11 @@ test: client-venvs
 # arm64 Debian bookworm (Pi OS 64-bit's base) under qemu, cached in ~/.cache/edge-transfer (see scripts/pi/)
 test-pi: setup
 	$(PY) scripts/pi/run.py
+
+# thousands of damaged copies of real models through `edge classify`, on both interpreters
+fuzz: client-venvs
+	$(PY) scripts/fuzz_models.py --backend ai_edge_litert --count 2000
+	$(PY) scripts/fuzz_models.py --backend tflite_runtime --count 2000
 
 clean:
 	rm -rf runs .pytest_cache

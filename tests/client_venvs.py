@@ -37,8 +37,9 @@ def client_python(name: str) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not marker.exists():
             subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-            subprocess.run(
-                [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *CLIENTS[name]],
+            subprocess.run(  # through quiet_pip: the same noise filter as `make setup`, failures shown whole
+                [str(python), str(REPO / "scripts" / "quiet_pip.py"), "install", "-q", "--disable-pip-version-check",
+                 *CLIENTS[name]],
                 check=True,
             )
             marker.touch()

@@ -19,7 +19,7 @@ from trainer.calibration import DEFAULT_CALIBRATION_IMAGES, calibration_images, 
 from trainer.metadata import MetadataInfo, add_metadata
 from trainer.model_io import load_keras
 from trainer.run_dir import MODEL, RunDir
-from trainer.sensitivity import rank_layers
+from trainer.sensitivity import rank_layers, short_name
 from trainer.tflite import ConversionError, calibrate, quantize, run_converter
 from trainer.variants import MODES, Quantization, Verification, verify
 
@@ -111,7 +111,8 @@ def export(run_dir: str | Path, modes: list[str], calibration_count: int = DEFAU
         t0 = time.perf_counter()
         keep = float_layers if any(MODES[m].float_layers for m in modes) else 0
         calibrated = Calibrated.of(model, calibration_images(run, calibration_count, seed), keep)
-        kept = f"; kept float: {', '.join(calibrated.float_layers)}" if calibrated.float_layers else ""
+        kept = (f"; int8 keeps float: {', '.join(short_name(t) for t in calibrated.float_layers)}"
+                if calibrated.float_layers else "")
         log(f"calibrated on {calibrated.images} photos ({time.perf_counter() - t0:.1f} s){kept}")
     exports = []
     for mode in modes:

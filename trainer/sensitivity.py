@@ -28,8 +28,21 @@ class LayerError:
     scale: float
 
     @property
+    def layer(self) -> str:
+        """The Keras layer the tensor comes out of, e.g. "block_2_depthwise_relu" (for logs)."""
+        return short_name(self.tensor)
+
+    @property
     def score(self) -> float:
         return self.mse / self.scale ** 2 if self.scale > 0 else 0.0
+
+
+def short_name(tensor: str) -> str:
+    """A converter tensor name ("model/base/block_2_depthwise_relu_1/Relu6;...") -> its layer
+    ("block_2_depthwise_relu")."""
+    parts = tensor.split(";")[0].split("/")
+    name = parts[2] if len(parts) >= 4 else parts[-2] if len(parts) > 1 else parts[0]
+    return name[:-2] if name.endswith("_1") else name
 
 
 def rank_layers(calibrated: bytes, images: np.ndarray, float_ops: tuple[str, ...] = ()) -> list[LayerError]:
