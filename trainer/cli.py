@@ -137,7 +137,6 @@ def convert(
     from trainer.parity import default_thresholds
     from trainer.tflite import ConversionError
     from trainer.variants import resolve_modes
-    from trainer import report_html
     from trainer.workflow import convert_run
 
     try:
@@ -151,7 +150,6 @@ def convert(
     except ConversionError as exc:
         _fail(str(exc), 1)
     typer.echo(report.table())
-    report_html.refresh(run_dir)  # also when the gate fails: the page shows which variant and why
     if not report.passed:
         _fail("parity gate failed: " + ", ".join(v.mode for v in report.variants if not v.passed), 1)
 

@@ -1,4 +1,4 @@
-"""Commands that chain the layers below: `convert` = export + parity gate + model card.
+"""Commands that chain the layers below: `convert` = export + parity gate + model card + page.
 
 The CLI parses arguments and prints; everything a command does in order lives here, so tests
 and scripts run the same sequence the CLI runs.
@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from trainer import model_card, parity
+from trainer import model_card, parity, report_html
 from trainer.calibration import DEFAULT_CALIBRATION_IMAGES
 from trainer.convert import DEFAULT_FLOAT_LAYERS, export
 from trainer.data import DataError
@@ -38,4 +38,5 @@ def convert_run(run_dir: str | Path, modes: list[str], calibration_count: int = 
     log(f"wrote {parity.write(run.path, report)} ({time.perf_counter() - t0:.1f} s)")
     md, js = model_card.write(run.path)
     log(f"wrote {md} and {js.name}")
+    report_html.refresh(run.path)  # also when the gate failed: the page shows which variant and why
     return report
