@@ -20,7 +20,7 @@ from trainer.metadata import MetadataInfo, add_metadata
 from trainer.model_io import load_keras
 from trainer.run_dir import MODEL, RunDir
 from trainer.sensitivity import rank_layers, short_name
-from trainer.tflite import ConversionError, calibrate, quantize, run_converter
+from trainer.tflite import ConversionError, calibrate, converter_for, exported, quantize, run_converter
 from trainer.variants import MODES, Quantization, Verification, verify
 
 # int8 keeps this many of its most quantization-sensitive layers in float (README: measured)
@@ -28,11 +28,10 @@ DEFAULT_FLOAT_LAYERS = 3
 from trainer.version import package_version
 
 
-def convert_model(model, quant: Quantization) -> bytes:
-    """A Keras model -> TFLite bytes for an uncalibrated mode (no metadata yet)."""
-    import tensorflow as tf
-
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+def convert_model(source, quant: Quantization) -> bytes:
+    """A Keras model or its exported SavedModel -> TFLite bytes for an uncalibrated mode (no
+    metadata yet)."""
+    converter = converter_for(source)
     quant.configure(converter)
     return run_converter(converter)
 
@@ -46,8 +45,8 @@ class Calibrated:
     float_layers: tuple[str, ...]
 
     @classmethod
-    def of(cls, model, images: np.ndarray, float_layers: int) -> "Calibrated":
-        calibrated = calibrate(model, representative_dataset(images))
+    def of(cls, source, images: np.ndarray, float_layers: int) -> "Calibrated":
+        calibrated = calibrate(source, representative_dataset(images))
         worst = rank_layers(calibrated, images, MODES["int8"].float_ops)[:float_layers] if float_layers else []
         return cls(calibrated, len(images), tuple(layer.tensor for layer in worst))
 
@@ -106,36 +105,39 @@ def export(run_dir: str | Path, modes: list[str], calibration_count: int = DEFAU
     """
     run = RunDir.open(run_dir)
     model = keras_model or load_keras(run / MODEL)
-    calibrated = None
-    if any(MODES[m].calibrated for m in modes):
-        t0 = time.perf_counter()
-        keep = float_layers if any(MODES[m].float_layers for m in modes) else 0
-        calibrated = Calibrated.of(model, calibration_images(run, calibration_count, seed), keep)
-        kept = (f"; int8 keeps float: {', '.join(short_name(t) for t in calibrated.float_layers)}"
-                if calibrated.float_layers else "")
-        log(f"calibrated on {calibrated.images} photos ({time.perf_counter() - t0:.1f} s){kept}")
-    exports = []
-    for mode in modes:
-        quant = MODES[mode]
-        t0 = time.perf_counter()
-        bare = calibrated.quantized(quant) if quant.calibrated else convert_model(model, quant)
-        _raise_problems(mode, "after conversion", verify(bare, quant))
-        try:
-            final = add_metadata(bare, metadata_info(run, quant, author, license))
-        except ValueError as exc:  # e.g. labels.txt no longer matches the model's outputs
-            raise ConversionError(f"{mode}: cannot add metadata: {exc}") from None
-        checked = verify(final, quant)
-        _raise_problems(mode, "after adding metadata", checked)
-        meta = read_metadata(final)
-        if meta.labels != run.labels:
-            raise ConversionError(f"{mode}: metadata labels {meta.labels} differ from labels.txt {run.labels}")
-        path = atomic.write_bytes(run.variant(mode), final)
-        done = Export(mode, path, len(final), time.perf_counter() - t0, checked,
-                      calibrated.images if quant.calibrated else 0,
-                      calibrated.float_layers if quant.float_layers else ())
-        log(done.line())
-        exports.append(done)
-    return exports
+    with exported(model) as source:
+        calibrated = None
+        if any(MODES[m].calibrated for m in modes):
+            t0 = time.perf_counter()
+            keep = float_layers if any(MODES[m].float_layers for m in modes) else 0
+            calibrated = Calibrated.of(source, calibration_images(run, calibration_count, seed), keep)
+            kept = (f"; int8 keeps float: {', '.join(short_name(t) for t in calibrated.float_layers)}"
+                    if calibrated.float_layers else "")
+            log(f"calibrated on {calibrated.images} photos ({time.perf_counter() - t0:.1f} s){kept}")
+        return [_export_one(run, mode, source, calibrated, author, license, log) for mode in modes]
+
+
+def _export_one(run: RunDir, mode: str, source, calibrated: Calibrated | None, author: str, license: str,
+                log: Callable[[str], None]) -> Export:
+    quant = MODES[mode]
+    t0 = time.perf_counter()
+    bare = calibrated.quantized(quant) if quant.calibrated else convert_model(source, quant)
+    _raise_problems(mode, "after conversion", verify(bare, quant))
+    try:
+        final = add_metadata(bare, metadata_info(run, quant, author, license))
+    except ValueError as exc:  # e.g. labels.txt no longer matches the model's outputs
+        raise ConversionError(f"{mode}: cannot add metadata: {exc}") from None
+    checked = verify(final, quant)
+    _raise_problems(mode, "after adding metadata", checked)
+    meta = read_metadata(final)
+    if meta.labels != run.labels:
+        raise ConversionError(f"{mode}: metadata labels {meta.labels} differ from labels.txt {run.labels}")
+    path = atomic.write_bytes(run.variant(mode), final)
+    done = Export(mode, path, len(final), time.perf_counter() - t0, checked,
+                  calibrated.images if quant.calibrated else 0,
+                  calibrated.float_layers if quant.float_layers else ())
+    log(done.line())
+    return done
 
 
 def _raise_problems(mode: str, when: str, v: Verification) -> None:
