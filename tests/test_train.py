@@ -136,3 +136,17 @@ def test_fine_tuning_trains_top_layers_and_keeps_batchnorm_statistics(tmp_path):
     assert sum(report["counts"].values()) == 36  # the run went on without it
     for stage in ("head", "fine_tune"):  # --tensorboard logs both stages
         assert any(p.name.startswith("events.out.tfevents") for p in (out / "tensorboard" / stage).rglob("*")), stage
+
+
+def test_presets_set_their_recipe_and_explicit_flags_win():
+    from trainer.config import PRESETS, TrainConfig, train_config
+
+    assert train_config("fast") == TrainConfig()  # today's head-only default
+    best = train_config("best")
+    assert (best.fine_tune_from, best.fine_tune_epochs, best.fine_tune_learning_rate, best.label_smoothing) == \
+        ("block_10_expand", 6, 1e-4, 0.1) and best.preset == "best"
+    mine = train_config("best", fine_tune_learning_rate=3e-5, fine_tune_epochs=None)
+    assert mine.fine_tune_learning_rate == 3e-5 and mine.fine_tune_epochs == 6
+    with pytest.raises(ValueError, match="--preset must be one of fast, best"):
+        train_config("slowest")
+    assert set(PRESETS) == {"fast", "best"}

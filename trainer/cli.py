@@ -30,6 +30,15 @@ def _user_errors():
     return (DataError, BackboneError, FileNotFoundError)
 
 
+def _train_config(preset: str, **given):
+    from trainer.config import train_config
+
+    try:
+        return train_config(preset, **given)
+    except ValueError as exc:
+        _fail(str(exc))
+
+
 def _quiet_tensorflow() -> None:
     import os
 
@@ -47,12 +56,14 @@ def train(
     image_size: int = typer.Option(224, help="Square input size in pixels."),
     alpha: float = typer.Option(1.0, help="MobileNetV2 width multiplier (the shipped weights are for 1.0)."),
     epochs: int = typer.Option(2000, help="Max head epochs on cached features (early stopping on val loss)."),
-    fine_tune_layers: int = typer.Option(0, help="Stage 2: unfreeze the top N layers of the base."),
+    preset: str = typer.Option("fast", help="fast (head only) | best (fine-tunes from block_10_expand, lr 1e-4, "
+                               "label smoothing 0.1); the flags below override it."),
+    fine_tune_layers: Optional[int] = typer.Option(None, help="Stage 2: unfreeze the top N layers of the base."),
     fine_tune_from: Optional[str] = typer.Option(None, help="Stage 2: unfreeze from this layer, e.g. block_13_expand."),
-    fine_tune_epochs: int = typer.Option(6, help="Max stage-2 epochs (early stopping on val loss)."),
-    fine_tune_learning_rate: float = typer.Option(1e-5, help="Stage-2 learning rate (Adam)."),
+    fine_tune_epochs: Optional[int] = typer.Option(None, help="Max stage-2 epochs (early stopping on val loss) [6]."),
+    fine_tune_learning_rate: Optional[float] = typer.Option(None, help="Stage-2 learning rate (Adam) [1e-5]."),
     flip_features: bool = typer.Option(False, help="Also cache features of mirrored photos (augmentation)."),
-    label_smoothing: float = typer.Option(0.0),
+    label_smoothing: Optional[float] = typer.Option(None, help="[0.0]"),
     seed: int = typer.Option(42),
     val_split: float = typer.Option(0.1),
     test_split: float = typer.Option(0.2),
@@ -63,7 +74,7 @@ def train(
     """Train on a folder of class folders and write a self-describing run directory."""
     import dataclasses
 
-    from trainer.config import BackboneConfig, DataConfig, RunConfig, TrainConfig
+    from trainer.config import BackboneConfig, DataConfig, RunConfig
 
     if config is not None:
         try:
@@ -78,10 +89,10 @@ def train(
         cfg = RunConfig(
             data=DataConfig(str(data), val_split, test_split, min_per_class),
             backbone=BackboneConfig(backbone, weights, image_size, alpha),
-            train=TrainConfig(epochs=epochs, fine_tune_layers=fine_tune_layers, fine_tune_from=fine_tune_from,
-                              fine_tune_epochs=fine_tune_epochs, fine_tune_learning_rate=fine_tune_learning_rate,
-                              flip_features=flip_features,
-                              label_smoothing=label_smoothing, tensorboard=tensorboard, threads=threads),
+            train=_train_config(preset, epochs=epochs, fine_tune_layers=fine_tune_layers,
+                                fine_tune_from=fine_tune_from, fine_tune_epochs=fine_tune_epochs,
+                                fine_tune_learning_rate=fine_tune_learning_rate, flip_features=flip_features,
+                                label_smoothing=label_smoothing, tensorboard=tensorboard, threads=threads),
             seed=seed,
         )
     _quiet_tensorflow()
