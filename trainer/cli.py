@@ -168,7 +168,7 @@ def convert(
 @app.command()
 def android(
     run_dir: Path = typer.Argument(..., help="A converted run directory (model_<variant>.tflite, parity.json)."),
-    variant: str = typer.Option("int8", help="float32 | float16 | dynamic | int8: the file to ship."),
+    variant: str = typer.Option("int8", help="float32 | float16 | dynamic | int8 | full_int8: the file to ship."),
     out: Path = typer.Option(Path("android_assets"), "--out", help="Folder to (re)fill: model.tflite, labels.txt, "
                              "manifest.json, README.md."),
 ):

@@ -8,7 +8,7 @@ import numpy as np
 
 from trainer import data, metrics
 from trainer.data import DataError
-from trainer.model_io import load_keras
+from trainer.model_io import keras_probabilities, load_keras
 from trainer.run_dir import CONFIG, LABELS, MODEL, RunDir
 
 
@@ -27,7 +27,7 @@ def evaluate_folder(run_dir: str | Path, folder: str | Path) -> dict:
     images, ok, errors = data.load_images([root / s.path for s in samples], run.spec, progress="decode")
     model = load_keras(run / MODEL)
     y = np.array([s.label for s in samples])[ok]
-    probs = model.predict(images[ok].astype(np.float32), batch_size=32, verbose=0)
+    probs = keras_probabilities(model, images[ok])
     result = metrics.classification_report(y, probs, labels)
     result["skipped"] = [{"path": p, "reason": r} for p, r in errors.items()]
     return result

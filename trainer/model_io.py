@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 
 def load_keras(path: str | Path):
     import keras
@@ -15,3 +17,10 @@ def load_keras(path: str | Path):
     from trainer import hub_layer  # noqa: F401  registers HubFeatureVector for deserialization
 
     return keras.models.load_model(path)
+
+
+def keras_probabilities(model, images: np.ndarray, batch: int = 32) -> np.ndarray:
+    """model.keras softmax for uint8 images, fed as float32 0..255 (the training contract)."""
+    if not len(images):
+        return np.zeros((0, model.output_shape[-1]), np.float32)
+    return np.asarray(model.predict(images.astype(np.float32), batch_size=batch, verbose=0))

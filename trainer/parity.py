@@ -27,7 +27,7 @@ from edge.postprocess import rank
 from trainer import atomic, data
 from trainer.data import DataError
 from trainer.metrics import ci95
-from trainer.model_io import load_keras
+from trainer.model_io import keras_probabilities, load_keras
 from trainer.run_dir import MODEL, PARITY, RunDir, sha256_file
 from trainer.variants import MODES
 
@@ -140,12 +140,6 @@ def compare(mode: str, path: Path, keras_probs: np.ndarray, tflite_probs: np.nda
 def tflite_probabilities(path: Path, images: np.ndarray, threads: int | None = None) -> np.ndarray:
     """Score vectors of the edge runtime (dequantized) for uint8 images: the one integration point."""
     return Classifier(ClassifierOptions(model=path, num_threads=threads)).probabilities(images)
-
-
-def keras_probabilities(model, images: np.ndarray, batch: int = 32) -> np.ndarray:
-    """model.keras softmax for uint8 images given as float32 0..255 (the training contract)."""
-    out = [model.predict(images[i:i + batch].astype(np.float32), verbose=0) for i in range(0, len(images), batch)]
-    return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), np.float32)
 
 
 def held_out(run: RunDir) -> tuple[str, np.ndarray, np.ndarray]:

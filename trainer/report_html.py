@@ -18,6 +18,7 @@ from pathlib import Path
 from edge.preprocess import PreprocessSpec, prepare
 from trainer import atomic
 from trainer.metrics import wilson
+from trainer.run_dir import read_json
 from trainer.data import DataError
 
 THUMB_PX = 96
@@ -49,13 +50,6 @@ figcaption .path{color:var(--muted);font-size:10.5px}
 img.plot{max-width:100%;height:auto}.scroll{overflow-x:auto}ul{margin:6px 0;padding-left:20px}
 pre{background:#f0f3f7;padding:10px;border-radius:6px;overflow:auto;font-size:12px}
 """
-
-
-def _json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 def _e(x) -> str:
@@ -276,18 +270,18 @@ def _model_card(card: dict | None) -> str:
 def render(run_dir: str | Path) -> str:
     """The page as a string, from the run directory's files only."""
     run_dir = Path(run_dir)
-    report = _json(run_dir / "report.json")
-    if report is None:
+    report = read_json(run_dir / "report.json")
+    if not report:
         raise DataError(f"{run_dir / 'report.json'} not found or not JSON: is {run_dir} a training run directory?")
-    config = _json(run_dir / "config.json") or {}
-    splits = _json(run_dir / "splits.json")
+    config = read_json(run_dir / "config.json")
+    splits = read_json(run_dir / "splits.json")
     labels_file = run_dir / "labels.txt"
     labels = (labels_file.read_text(encoding="utf-8").splitlines() if labels_file.is_file()
               else report.get("labels") or (splits or {}).get("labels", []))
     body = "".join([
         _summary(run_dir, report, config, labels), _dataset(report, splits, labels), _metrics(report, labels),
-        _curves(run_dir), _mistakes(report, splits, config), _parity(_json(run_dir / "parity.json")),
-        _bench(_json(run_dir / "bench.json")), _model_card(_json(run_dir / "model_card.json")),
+        _curves(run_dir), _mistakes(report, splits, config), _parity(read_json(run_dir / "parity.json")),
+        _bench(read_json(run_dir / "bench.json")), _model_card(read_json(run_dir / "model_card.json")),
         f"<section><h2>Configuration</h2><details><summary>config.json</summary><pre>{_e(json.dumps(config, indent=2))}"
         "</pre></details></section>" if config else "",
     ])

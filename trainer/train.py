@@ -21,6 +21,7 @@ from trainer.backbones import Backbone, build_backbone
 from trainer.config import RunConfig
 from trainer.fine_tune import fine_tune, without_optimizer
 from trainer.head import assemble, train_head, write_tensorboard
+from trainer.model_io import keras_probabilities
 from trainer.run_dir import CONFIG, LABELS, MODEL, REPORT, SPLITS, RunDir
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -138,12 +139,6 @@ def fit(cfg: RunConfig, backbone: Backbone, ds: Dataset, feats: Features, out: P
     return Trained(model, head, fine_tuned, history)
 
 
-def predict(model, images: np.ndarray, batch: int = 32) -> np.ndarray:
-    if not len(images):
-        return np.zeros((0, model.output_shape[-1]), np.float32)
-    return model.predict(images.astype(np.float32), batch_size=batch, verbose=0)
-
-
 def evaluate(trained: Trained, ds: Dataset, feats: Features, timer: Timer) -> dict[str, np.ndarray]:
     """Probabilities per split. A head-only model scores on the cached features (the same network:
     the float32 TFLite base matches Keras to 1e-6); a fine-tuned one runs whole."""
@@ -151,7 +146,7 @@ def evaluate(trained: Trained, ds: Dataset, feats: Features, timer: Timer) -> di
     probs = {}
     for name in SPLIT_NAMES:
         if trained.fine_tuned:
-            probs[name] = predict(trained.model, ds.images_of(name))
+            probs[name] = keras_probabilities(trained.model, ds.images_of(name))
         else:
             probs[name] = np.asarray(trained.head.predict(feats.by_split[name], verbose=0))
     timer.add("evaluate_s", t0)
