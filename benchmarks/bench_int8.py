@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     model = load_keras(run / MODEL)
     images_cal = calibration_images(run, args.calibration_images)
     calibrated = calibrate(model, representative_dataset(images_cal))
-    split, images, y = held_out(run)
+    split, photos = held_out(run)
+    images, y = photos.decode()  # the test split: a bounded set
     keras_probs = model.predict(images.astype(np.float32), verbose=0, batch_size=32)
     keras_top, keras_acc = keras_probs.argmax(1), float((keras_probs.argmax(1) == y).mean())
 

@@ -126,8 +126,8 @@ def test_parity_falls_back_to_val_when_there_is_no_test_split(converted, tmp_pat
     run = copy_run(converted, tmp_path / "run")
     splits = json.loads((run / "splits.json").read_text())
     (run / "splits.json").write_text(json.dumps({**splits, "test": []}))
-    name, images, y = held_out(RunDir.open(run))
-    assert name == "val" and len(images) == len(y) == len(splits["val"]) == 20
+    name, photos = held_out(RunDir.open(run))
+    assert name == "val" and len(photos) == len(photos.labels) == len(splits["val"]) == 20
 
 
 def test_model_card_describes_data_metrics_and_every_variant(converted):

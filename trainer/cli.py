@@ -1,4 +1,4 @@
-"""`python -m trainer`: train, evaluate, convert, android, bench.
+"""`python -m trainer`: train, evaluate, convert, android, bench, cache.
 
 TensorFlow is imported inside the commands, so `--help` answers at once. User errors (bad
 data, bad backbone, bad run directory) print one line and exit with code 2.
@@ -55,7 +55,7 @@ def train(
     weights: str = typer.Option("default", help="default | imagenet | PATH | none"),
     image_size: int = typer.Option(224, help="Square input size in pixels."),
     alpha: float = typer.Option(1.0, help="MobileNetV2 width multiplier (the shipped weights are for 1.0)."),
-    epochs: int = typer.Option(2000, help="Max head epochs on cached features (early stopping on val loss)."),
+    epochs: int = typer.Option(2000, help="Max L-BFGS iterations of the head on cached features."),
     preset: str = typer.Option("fast", help="fast (head only) | best (fine-tunes from block_10_expand, lr 1e-4, "
                                "label smoothing 0.1); the flags below override it."),
     fine_tune_layers: Optional[int] = typer.Option(None, help="Stage 2: unfreeze the top N layers of the base."),
@@ -207,6 +207,30 @@ def bench(
     report_html.refresh(run_dir)
     typer.echo(report.markdown())
     typer.echo(f"wrote {md} and {js.name}")
+
+
+cache_app = typer.Typer(no_args_is_help=True, help="The persistent feature cache (EDGE_TRANSFER_CACHE, "
+                        "default ~/.cache/edge-transfer), shared by every run.")
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("info")
+def cache_info():
+    """Where the cache is, how many feature entries it holds and their size."""
+    from trainer.feature_cache import FeatureCache
+
+    for line in FeatureCache.default().info().lines():
+        typer.echo(line)
+
+
+@cache_app.command("clear")
+def cache_clear():
+    """Delete every cached feature and feature extractor (the next run extracts again)."""
+    from trainer.feature_cache import FeatureCache
+
+    before = FeatureCache.default().clear()
+    typer.echo(f"removed {before.entries} feature entries ({before.bytes / 1e6:.1f} MB) and "
+               f"{before.extractors} extractors from {before.root}")
 
 
 def main() -> None:

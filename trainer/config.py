@@ -31,20 +31,16 @@ class BackboneConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """epochs: max head epochs on cached features (early stopping on val loss, patience).
-    batch_size: head batch size, 0 = the whole training set (deterministic, convex).
+    """epochs: max L-BFGS iterations of the head (a convex problem: it stops when solved).
     l2_grid: L2 strengths tried for the head; the best validation log-loss wins.
     flip_features: also cache features of mirrored photos (doubles extraction, more data).
     fine_tune_layers / fine_tune_from: stage 2, unfreeze the top N base layers or from a named
     layer (e.g. "block_13_expand"); BatchNorm stays in inference mode."""
 
     epochs: int = 2000
-    batch_size: int = 0
-    learning_rate: float = 0.003
     dropout: float = 0.0
     label_smoothing: float = 0.0
     l2_grid: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
-    patience: int = 50
     class_weights: bool = True
     flip_features: bool = False
     fine_tune_layers: int = 0
@@ -88,5 +84,7 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
-        train = {**d["train"], "l2_grid": tuple(d["train"].get("l2_grid", TrainConfig.l2_grid))}
+        known = set(TrainConfig.__dataclass_fields__)  # older runs' head-optimizer settings are obsolete
+        train = {k: v for k, v in d["train"].items() if k in known}
+        train["l2_grid"] = tuple(train.get("l2_grid", TrainConfig.l2_grid))
         return cls(DataConfig(**d["data"]), BackboneConfig(**d["backbone"]), TrainConfig(**train), d["seed"])

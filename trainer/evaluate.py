@@ -9,10 +9,13 @@ import numpy as np
 from trainer import data, metrics
 from trainer.data import DataError
 from trainer.model_io import keras_probabilities, load_keras
+from trainer.photos import CHUNK, Photos
 from trainer.run_dir import CONFIG, LABELS, MODEL, RunDir
 
 
 def evaluate_folder(run_dir: str | Path, folder: str | Path) -> dict:
+    from tqdm.auto import tqdm
+
     run = RunDir.open(run_dir, require=(MODEL, LABELS, CONFIG))
     labels = run.labels
     root = Path(folder)
@@ -24,10 +27,15 @@ def evaluate_folder(run_dir: str | Path, folder: str | Path) -> dict:
                for c in classes for p in data.list_images(root / c)]
     if not samples:
         raise DataError(f"no images found in {root}")
-    images, ok, errors = data.load_images([root / s.path for s in samples], run.spec, progress="decode")
     model = load_keras(run / MODEL)
-    y = np.array([s.label for s in samples])[ok]
-    probs = keras_probabilities(model, images[ok])
-    result = metrics.classification_report(y, probs, labels)
-    result["skipped"] = [{"path": p, "reason": r} for p, r in errors.items()]
+    photos = Photos(tuple(root / s.path for s in samples), np.array([s.label for s in samples], np.int64), run.spec)
+    probs, ys, skipped = [], [], []
+    for start in tqdm(range(0, len(photos), CHUNK), desc="evaluate", unit="chunk"):  # bounded memory
+        part = photos.take(range(start, min(start + CHUNK, len(photos))))
+        images, ok, errors = data.load_images(part.paths, run.spec)
+        probs.append(keras_probabilities(model, images[ok]))
+        ys.append(part.labels[ok])
+        skipped += [{"path": p, "reason": r} for p, r in errors.items()]
+    result = metrics.classification_report(np.concatenate(ys), np.concatenate(probs), labels)
+    result["skipped"] = skipped
     return result

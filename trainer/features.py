@@ -1,75 +1,188 @@
-"""Stage-1 feature cache: the frozen base runs once over the photos.
+"""Stage-1 features: the frozen base runs once per photo, streaming, through the feature cache.
 
-The base is converted once to a float32 TFLite file (cached on disk, keyed by a hash of its
-weights) and run with XNNPACK on every core: 4.6-6.7x the images/s of Keras `predict` on a
-2-core CPU, measured by benchmarks/bench_train.py. Falls back to Keras when a base cannot convert.
+Photos go through in chunks (read, hash, look up, decode only the misses, extract), so memory
+does not grow with the dataset; the vectors land in the persistent cache (trainer.feature_cache)
+and in a memory-mapped (N, D) float32 table for the run. The base is converted once to a float32
+TFLite file (kept in the cache, keyed by its weights) and run with XNNPACK on every core: 4.6-6.7x
+the images/s of Keras `predict` on a 2-core CPU (benchmarks/bench_train.py). Falls back to Keras
+when a base cannot convert.
 """
 
 from __future__ import annotations
 
+import io
 import os
-import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from edge.preprocess import PreprocessSpec, prepare
 from trainer import atomic
+from trainer.feature_cache import EXTRACTORS_DIR, FeatureCache, content_digest, entry_key
 from trainer.tflite import ConversionError, run_converter
 
-
-def cache_dir() -> Path:
-    root = os.environ.get("EDGE_TRANSFER_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "edge-transfer"
-    return Path(root).expanduser()
+CHUNK = 64  # photos read and decoded ahead while the previous chunk runs through the base
+VIEWS = ("plain", "mirrored")
 
 
-def feature_tflite(feature_model) -> Path | None:
-    """Path of the cached float32 TFLite copy of the feature model, converting it if needed."""
-    import tensorflow as tf
+class Extractor:
+    """The frozen base as a function: uint8 images (n, H, W, 3) -> pooled features (n, D)."""
 
-    from trainer.backbones import weights_digest
+    def __init__(self, feature_model, cache: FeatureCache, threads: int | None = None):
+        import tensorflow as tf
 
-    path = cache_dir() / "features" / f"{feature_model.name}-{weights_digest(feature_model)}-tf{tf.__version__}.tflite"
-    if path.exists():
-        return path
-    try:
-        data = run_converter(tf.lite.TFLiteConverter.from_keras_model(feature_model))
-    except ConversionError as exc:  # a base TFLite cannot express: Keras predict still works
-        print(f"note: feature extractor did not convert to TFLite ({type(exc).__name__}); using Keras predict")
-        return None
-    return atomic.write_bytes(path, data)
+        from trainer.backbones import weights_digest
+
+        self.model = feature_model
+        self.id = f"{feature_model.name}-{weights_digest(feature_model)}-tf{tf.__version__}"
+        self.path = cache.root / EXTRACTORS_DIR / f"{self.id}.tflite"
+        self.threads = threads or os.cpu_count() or 1
+        self._run: Callable[[np.ndarray], np.ndarray] | None = None
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        if self._run is None:  # converted or loaded on the first miss only: a warm run never needs it
+            self._run = self._tflite() or self._keras
+        return self._run(images)
+
+    def _keras(self, images: np.ndarray) -> np.ndarray:
+        return np.asarray(self.model.predict(images.astype(np.float32), batch_size=32, verbose=0), np.float32)
+
+    def _tflite(self):
+        import tensorflow as tf
+        from ai_edge_litert.interpreter import Interpreter
+
+        if not self.path.exists():
+            try:
+                atomic.write_bytes(self.path, run_converter(tf.lite.TFLiteConverter.from_keras_model(self.model)))
+            except ConversionError as exc:  # a base TFLite cannot express: Keras predict still works
+                print(f"note: feature extractor did not convert to TFLite ({type(exc).__name__}); using Keras predict")
+                return None
+        interpreter = Interpreter(model_path=str(self.path), num_threads=self.threads)
+        interpreter.allocate_tensors()
+        inp = interpreter.get_input_details()[0]["index"]
+        out = interpreter.get_output_details()[0]["index"]
+
+        def run(images: np.ndarray) -> np.ndarray:
+            rows = []
+            for image in images:
+                interpreter.set_tensor(inp, image[None].astype(np.float32))
+                interpreter.invoke()
+                rows.append(interpreter.get_tensor(out)[0].copy())
+            return np.stack(rows).astype(np.float32) if rows else np.zeros((0, 0), np.float32)
+
+        return run
 
 
-def _tflite_features(path: Path, images: np.ndarray, threads: int, desc: str | None) -> np.ndarray:
-    from ai_edge_litert.interpreter import Interpreter
+@dataclass(frozen=True)
+class FeatureTable:
+    """Features of a list of photos in its order: row i of ``path`` (an .npy file, memory-mapped)
+    is valid where ``ok[i]``; ``errors`` maps row -> why that photo could not be read."""
+
+    path: Path | None
+    ok: np.ndarray
+    errors: dict[int, str] = field(default_factory=dict)
+    hits: int = 0
+
+    def array(self) -> np.ndarray:
+        if self.path is None:
+            return np.zeros((len(self.ok), 0), np.float32)
+        return np.load(self.path, mmap_mode="r")
+
+    def gather(self, rows: np.ndarray, out: Path, chunk: int = 8192) -> np.ndarray:
+        """Rows ``rows`` copied in bounded chunks to a new memory-mapped file ``out``."""
+        src = self.array()
+        dst = np.lib.format.open_memmap(out, mode="w+", dtype=np.float32, shape=(len(rows), src.shape[1]))
+        for start in range(0, len(rows), chunk):
+            dst[start:start + chunk] = src[rows[start:start + chunk]]
+        dst.flush()
+        return np.load(out, mmap_mode="r")
+
+
+@dataclass
+class _Chunk:
+    rows: list[int]
+    keys: list[str]
+    found: list[np.ndarray | str | None]
+    images: dict[int, np.ndarray | str]  # position in chunk -> decoded image, or its error
+
+
+def _read(paths: Sequence[Path], rows: list[int], spec: PreprocessSpec, cache: FeatureCache, extractor_id: str,
+          view: str, pool: ThreadPoolExecutor) -> _Chunk:
+    """Read and hash a chunk's files, look each up, decode only the misses (in the pool)."""
+    def one(row: int):
+        try:
+            raw = Path(paths[row]).read_bytes()
+        except OSError as exc:
+            return None, f"{type(exc).__name__}: {exc}".splitlines()[0][:200], None
+        key = entry_key(content_digest(raw), extractor_id, spec.to_dict(), view)
+        found = cache.get(key)
+        image = None
+        if found is None:
+            try:
+                image = prepare(io.BytesIO(raw), spec)
+            except Exception as exc:  # any decoder failure means "skip this photo", reported by reason
+                image = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+        return key, found, image
+
+    results = list(pool.map(one, rows))
+    chunk = _Chunk(rows, [], [], {})
+    for i, (key, found, image) in enumerate(results):
+        chunk.keys.append(key)
+        chunk.found.append(found if key is not None else image)  # an unreadable file: its error
+        if key is not None and found is None:
+            chunk.images[i] = image
+    return chunk
+
+
+def extract(paths: Sequence[Path], spec: PreprocessSpec, extractor: Extractor, cache: FeatureCache,
+            out: Path | None, view: str = "plain", rows: Sequence[int] | None = None,
+            progress: str | None = "features") -> FeatureTable:
+    """Features of ``paths[rows]`` (default: all) through the cache; written to the table ``out``
+    (None: only fill the cache, e.g. a worker's share). Misses are computed and cached."""
     from tqdm.auto import tqdm
 
-    interpreter = Interpreter(model_path=str(path), num_threads=threads)
-    interpreter.allocate_tensors()
-    inp = interpreter.get_input_details()[0]["index"]
-    out = interpreter.get_output_details()[0]["index"]
-    feats = None
-    for i in tqdm(range(len(images)), desc=desc, unit="img", disable=desc is None, mininterval=0.5):
-        interpreter.set_tensor(inp, images[i:i + 1].astype(np.float32))
-        interpreter.invoke()
-        row = interpreter.get_tensor(out)
-        if feats is None:
-            feats = np.empty((len(images), row.shape[-1]), np.float32)
-        feats[i] = row[0]
-    return feats if feats is not None else np.zeros((0, 0), np.float32)
-
-
-def extract(feature_model, images: np.ndarray, threads: int | None = None, desc: str | None = "features",
-            timings: dict | None = None) -> np.ndarray:
-    """Pooled features (N, D) float32 of uint8 images (N, H, W, 3) through the frozen base."""
-    threads = threads or os.cpu_count() or 1
-    t0 = time.perf_counter()
-    path = feature_tflite(feature_model)
-    t1 = time.perf_counter()
-    if path is not None:
-        feats = _tflite_features(path, images, threads, desc)
-    else:
-        feats = feature_model.predict(images.astype(np.float32), batch_size=32, verbose=1 if desc else 0)
-    if timings is not None:
-        timings["feature_extractor_convert_s"] = timings.get("feature_extractor_convert_s", 0) + t1 - t0
-        timings["features_s"] = timings.get("features_s", 0) + time.perf_counter() - t1
-    return np.asarray(feats, np.float32)
+    if view not in VIEWS:
+        raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
+    rows = list(range(len(paths))) if rows is None else list(rows)
+    ok = np.zeros(len(paths), bool)
+    errors: dict[int, str] = {}
+    table = None
+    hits = 0
+    bar = tqdm(total=len(rows), desc=progress, unit="img", disable=progress is None, mininterval=0.5)
+    starts = range(0, len(rows), CHUNK)
+    with ThreadPoolExecutor(os.cpu_count() or 2) as pool, ThreadPoolExecutor(1) as ahead:
+        read = lambda s: _read(paths, rows[s:s + CHUNK], spec, cache, extractor.id, view, pool)  # noqa: E731
+        pending = ahead.submit(read, starts[0]) if len(rows) else None
+        for k in range(len(starts)):
+            chunk = pending.result()
+            pending = ahead.submit(read, starts[k + 1]) if k + 1 < len(starts) else None
+            todo = [i for i, image in chunk.images.items() if not isinstance(image, str)]
+            if todo:
+                images = np.stack([chunk.images[i] for i in todo])
+                vectors = extractor(np.ascontiguousarray(images[:, :, ::-1]) if view == "mirrored" else images)
+                for i, vector in zip(todo, vectors):
+                    chunk.found[i] = vector
+            for i, image in chunk.images.items():
+                if isinstance(image, str):
+                    chunk.found[i] = image
+                cache.put(chunk.keys[i], chunk.found[i])
+            hits += len(chunk.rows) - len(chunk.images)
+            for row, value in zip(chunk.rows, chunk.found):
+                if isinstance(value, str):
+                    errors[row] = value
+                    continue
+                ok[row] = True
+                if out is not None:
+                    if table is None:
+                        table = np.lib.format.open_memmap(out, mode="w+", dtype=np.float32, shape=(len(paths), len(value)))
+                    table[row] = value
+            bar.update(len(chunk.rows))
+            bar.set_postfix(cached=hits, refresh=False)
+    bar.close()
+    if table is not None:
+        table.flush()
+        del table
+    return FeatureTable(out if out is not None and ok.any() else None, ok, errors, hits)

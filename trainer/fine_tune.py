@@ -9,7 +9,16 @@ import numpy as np
 from trainer import metrics
 from trainer.backbones import Backbone, BackboneError
 from trainer.config import RunConfig
-from trainer.head import loss_for, one_hot
+
+
+def one_hot(y, n):
+    return np.eye(n, dtype=np.float32)[y]
+
+
+def loss_for(cfg):
+    import keras
+
+    return keras.losses.CategoricalCrossentropy(label_smoothing=cfg.train.label_smoothing)
 
 
 def unfreeze_top(base, n_layers: int, from_layer: str | None) -> int:

@@ -1,11 +1,17 @@
 """Stage 1: the classification head, a softmax regression on cached backbone features.
 
-Zero-initialised and full-batch by default: the problem is convex, so the fit is deterministic;
-the L2 strength is chosen on validation log-loss. :func:`assemble` puts the head on the base.
+The problem is convex, so it is solved, not trained: L-BFGS on the exact objective (class-
+weighted, label-smoothed cross-entropy + L2), each L2 strength of the grid warm-started from the
+stronger one before it, the winner chosen by validation log-loss. Every objective evaluation is
+one streamed pass over the (memory-mapped) features in bounded chunks, and the number of passes
+does not grow with the data, so the cost is linear in the photos and the memory is not.
+(The Adam loop it replaces ran 303 full-batch epochs on 2,934 photos and 1,814 on 4x that.)
+:func:`assemble` puts the head on the base.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,125 +20,163 @@ from trainer import metrics
 from trainer.backbones import Backbone
 from trainer.config import RunConfig
 
+CHUNK = 16384  # feature rows per pass step: 84 MB at D=1280
+GTOL, FTOL = 1e-5, 1e-9  # L-BFGS stopping rules
+
+
+@dataclass(frozen=True)
+class LinearHead:
+    kernel: np.ndarray  # (D, C) float32
+    bias: np.ndarray  # (C,) float32
+    l2: float
+
+    def probabilities(self, x: np.ndarray) -> np.ndarray:
+        out = np.empty((len(x), len(self.bias)), np.float32)
+        for start in range(0, len(x), CHUNK):
+            out[start:start + CHUNK] = _softmax(np.asarray(x[start:start + CHUNK], np.float32) @ self.kernel + self.bias)
+        return out
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
 
 def write_tensorboard(logdir: Path, history: dict[str, list[float]]) -> None:
-    """Head curves as TensorBoard scalars (the head trains in its own loop, not via fit)."""
+    """Head curves as TensorBoard scalars (one step per L-BFGS iteration)."""
     import tensorflow as tf
 
     writer = tf.summary.create_file_writer(str(logdir))
     with writer.as_default():
         for key, values in history.items():
-            for epoch, value in enumerate(values):
-                tf.summary.scalar(key, value, step=epoch)
+            for step, value in enumerate(values):
+                tf.summary.scalar(key, value, step=step)
     writer.close()
 
 
-def one_hot(y: np.ndarray, n: int) -> np.ndarray:
-    return np.eye(n, dtype=np.float32)[y]
+@dataclass(frozen=True)
+class _Problem:
+    """Features, targets and per-photo weights of one split, and the loss settings."""
+
+    x: np.ndarray  # (N, D), possibly a memmap: read CHUNK rows at a time
+    y: np.ndarray
+    weights: np.ndarray
+    n_classes: int
+    smoothing: float
+    mean: np.ndarray  # subtracted from every row: the same optimum (the bias absorbs it), far fewer iterations
+
+    def targets(self, rows: slice) -> np.ndarray:
+        t = np.full((len(self.y[rows]), self.n_classes), self.smoothing / self.n_classes, np.float64)
+        t[np.arange(len(t)), self.y[rows]] += 1.0 - self.smoothing
+        return t
+
+    def loss_grad(self, kernel: np.ndarray, bias: np.ndarray) -> tuple[float, np.ndarray, np.ndarray, float]:
+        """Mean weighted cross-entropy, its gradients and the accuracy: one pass over the rows."""
+        n = len(self.y)
+        loss, correct = 0.0, 0
+        g_kernel = np.zeros(kernel.shape, np.float64)
+        g_bias = np.zeros(bias.shape, np.float64)
+        k32, b32 = kernel.astype(np.float32), bias.astype(np.float32)
+        for start in range(0, n, CHUNK):
+            rows = slice(start, start + CHUNK)
+            x = np.asarray(self.x[rows], np.float32) - self.mean
+            z = (x @ k32 + b32).astype(np.float64)
+            z -= z.max(axis=1, keepdims=True)
+            log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+            t, w = self.targets(rows), self.weights[rows]
+            loss -= float(np.sum(w * np.sum(t * log_p, axis=1)))
+            correct += int(np.sum(np.argmax(z, axis=1) == self.y[rows]))
+            dz = (np.exp(log_p) - t) * w[:, None]
+            g_kernel += x.T @ dz.astype(np.float32)
+            g_bias += dz.sum(axis=0)
+        return loss / n, g_kernel / n, g_bias / n, correct / max(n, 1)
 
 
-def loss_for(cfg: RunConfig):
-    import keras
+def _solve(problem: _Problem, l2: float, start: np.ndarray, max_iter: int) -> tuple[np.ndarray, list, list]:
+    """L-BFGS on loss + l2 * |kernel|^2 from ``start`` (flat kernel + bias). Returns the solution,
+    then the training loss/accuracy and the parameters after each iteration (for the curves)."""
+    from scipy.optimize import minimize
 
-    return keras.losses.CategoricalCrossentropy(label_smoothing=cfg.train.label_smoothing)
+    d, c = problem.x.shape[1], problem.n_classes
+    last, train, path = {}, [], []
 
+    def objective(theta):
+        kernel = theta[:d * c].reshape(d, c)
+        loss, g_kernel, g_bias, acc = problem.loss_grad(kernel, theta[d * c:])
+        last.update(loss=loss, accuracy=acc)
+        return loss + l2 * float(np.sum(kernel * kernel)), np.concatenate([(g_kernel + 2 * l2 * kernel).ravel(), g_bias])
 
-def _fit_head(cfg: RunConfig, l2: float, x_train, y_train, validation, n_classes: int):
-    """One head fit: a compiled full-batch (or mini-batch) loop with early stopping on val loss.
+    def record(theta):
+        train.append((last["loss"], last["accuracy"]))
+        path.append(theta.astype(np.float32))
 
-    A hand-written loop instead of `fit`: an epoch here is a single step of a few ms, and
-    Keras' per-epoch overhead would otherwise be 10x the work."""
-    import keras
-    import tensorflow as tf
-
-    t = cfg.train
-    head = keras.Sequential([
-        keras.Input((x_train.shape[1],)),
-        keras.layers.Dropout(t.dropout, seed=cfg.seed),
-        keras.layers.Dense(n_classes, activation="softmax", kernel_initializer="zeros",
-                           kernel_regularizer=keras.regularizers.L2(l2)),
-    ], name="head")
-    optimizer = keras.optimizers.Adam(t.learning_rate)
-    loss_fn = loss_for(cfg)
-    class_weight = metrics.balanced_class_weights(y_train, n_classes) if t.class_weights else None
-    sample_w = np.array([class_weight[int(c)] for c in y_train], np.float32) if class_weight else np.ones(len(y_train), np.float32)
-    x_all, y_all, w_all = tf.constant(x_train), tf.constant(one_hot(y_train, n_classes)), tf.constant(sample_w)
-    batch = t.batch_size or len(x_train)
-
-    @tf.function
-    def step(x, y, w):
-        with tf.GradientTape() as tape:
-            loss = loss_fn(y, head(x, training=True), sample_weight=w) + tf.add_n(head.losses)
-        grads = tape.gradient(loss, head.trainable_variables)
-        optimizer.apply_gradients(zip(grads, head.trainable_variables))
-        return loss
-
-    @tf.function
-    def evaluate(x, y):
-        p = head(x, training=False)
-        return loss_fn(y, p), tf.reduce_mean(tf.cast(tf.argmax(p, 1) == tf.argmax(y, 1), tf.float32))
-
-    rng = np.random.default_rng(cfg.seed)
-    history: dict[str, list[float]] = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
-    best, best_weights, since_best = np.inf, None, 0
-    for _ in range(t.epochs):
-        order = rng.permutation(len(x_train)) if batch < len(x_train) else None
-        for start in range(0, len(x_train), batch):
-            if order is None:
-                step(x_all, y_all, w_all)
-            else:
-                rows = order[start:start + batch]
-                step(tf.gather(x_all, rows), tf.gather(y_all, rows), tf.gather(w_all, rows))
-        train_loss, train_acc = evaluate(x_all, y_all)
-        history["loss"].append(float(train_loss))
-        history["accuracy"].append(float(train_acc))
-        monitored = float(train_loss)
-        if validation is not None:
-            val_loss, val_acc = evaluate(tf.constant(validation[0]), tf.constant(validation[1]))
-            history["val_loss"].append(float(val_loss))
-            history["val_accuracy"].append(float(val_acc))
-            monitored = float(val_loss)
-        if monitored < best - 1e-6:
-            best, best_weights, since_best = monitored, head.get_weights(), 0
-        else:
-            since_best += 1
-            if since_best > t.patience:
-                break
-    head.set_weights(best_weights)
-    return head, {k: v for k, v in history.items() if v}
+    result = minimize(objective, start, jac=True, method="L-BFGS-B", callback=record,
+                      options={"maxiter": max_iter, "gtol": GTOL, "ftol": FTOL})
+    return result.x, train, path
 
 
-def _nll(head, x, y) -> float:
-    p = np.asarray(head(x, training=False))
+def _head(theta: np.ndarray, n_classes: int, l2: float, mean: np.ndarray) -> LinearHead:
+    """The solution on centered features as a head on raw ones: x W + (b - mean W)."""
+    kernel, bias = _split(theta, n_classes)
+    return LinearHead(kernel.astype(np.float32), (bias - mean.astype(np.float64) @ kernel).astype(np.float32), l2)
+
+
+def _column_mean(x: np.ndarray) -> np.ndarray:
+    total = np.zeros(x.shape[1], np.float64)
+    for start in range(0, len(x), CHUNK):
+        total += np.asarray(x[start:start + CHUNK], np.float64).sum(axis=0)
+    return (total / max(len(x), 1)).astype(np.float32)
+
+
+def _nll(head: LinearHead, x, y) -> float:
+    p = head.probabilities(x)
     return float(-np.mean(np.log(p[np.arange(len(y)), y] + 1e-12)))
 
 
-def train_head(cfg: RunConfig, x_train, y_train, x_val, y_val, n_classes: int):
-    """Softmax regression (Dropout + Dense) on pooled features.
-
-    Zero-initialised, full-batch by default: the problem is convex, so training is deterministic
-    and converges in a second or two; early stopping on validation loss ends each fit. The L2
-    strength is picked from `l2_grid` by validation log-loss (the one knob that matters here;
-    on tf_flowers its choice moves test accuracy more than seeds, epochs or dropout did).
-    Returns the best head and its history.
-    """
+def train_head(cfg: RunConfig, x_train, y_train, x_val, y_val, n_classes: int) -> tuple[LinearHead, dict]:
+    """Solve the head for each L2 of the grid (strongest first, warm-started) and keep the one with
+    the lowest validation log-loss (its choice moved tf_flowers test accuracy more than anything
+    else tried). Without a validation split the middle of the grid is used. Returns the head and
+    its history (one entry per L-BFGS iteration)."""
     from tqdm.auto import tqdm
 
-    validation = (x_val, one_hot(y_val, n_classes)) if len(x_val) else None
-    grid = cfg.train.l2_grid if validation else (sorted(cfg.train.l2_grid)[len(cfg.train.l2_grid) // 2],)
-    best = None
-    with tqdm(grid, desc="head (L2 grid)", unit="fit") as bar:  # counts fits: epochs end early
+    t = cfg.train
+    weights = metrics.balanced_class_weights(y_train, n_classes) if t.class_weights else None
+    per_photo = np.array([weights[int(c)] for c in y_train], np.float64) if weights else np.ones(len(y_train))
+    mean = _column_mean(x_train)
+    problem = _Problem(x_train, np.asarray(y_train, np.int64), per_photo, n_classes, t.label_smoothing, mean)
+    has_val = len(y_val) > 0
+    val = _Problem(x_val, np.asarray(y_val, np.int64), np.ones(len(y_val)), n_classes, 0.0, mean) if has_val else None
+    grid = sorted(t.l2_grid, reverse=True) if has_val else (sorted(t.l2_grid)[len(t.l2_grid) // 2],)
+    theta = np.zeros(x_train.shape[1] * n_classes + n_classes)
+    best, worse = None, 0
+    with tqdm(grid, desc="head (L2 grid)", unit="fit") as bar:
         for l2 in bar:
-            head, history = _fit_head(cfg, l2, x_train, y_train, validation, n_classes)
-            score = _nll(head, x_val, y_val) if validation else 0.0
-            history["l2"] = [l2]
-            bar.set_postfix(l2=l2, epochs=len(history["loss"]), val_nll=round(score, 4))
+            theta, train, path = _solve(problem, l2, theta, t.epochs)
+            head = _head(theta, n_classes, l2, mean)
+            score = _nll(head, x_val, y_val) if has_val else 0.0
+            bar.set_postfix(l2=l2, iterations=len(train), val_nll=round(score, 4))
             if best is None or score < best[0]:
-                best = (score, head, history)
-    return best[1], best[2]
+                best, worse = (score, head, train, path), 0
+            else:
+                worse += 1
+                if worse == 2:  # validation loss is U-shaped in L2: two steps past the bottom, stop
+                    break
+    _, head, train, path = best
+    history = {"loss": [v[0] for v in train], "accuracy": [v[1] for v in train]}
+    if val is not None:  # validation curve of the chosen fit only, from its saved iterates
+        curve = [val.loss_grad(*_split(theta, n_classes))[::3] for theta in path]
+        history.update(val_loss=[v[0] for v in curve], val_accuracy=[v[1] for v in curve])
+    history["l2"] = [head.l2]
+    return head, history
 
 
-def assemble(backbone: Backbone, head, n_classes: int, dropout: float):
+def _split(theta: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    return theta[:-n_classes].reshape(-1, n_classes), theta[-n_classes:]
+
+
+def assemble(backbone: Backbone, head: LinearHead, n_classes: int, dropout: float):
     """One model: RGB 0..255 image -> normalization -> base (inference mode) -> GAP -> head."""
     import keras
 
@@ -141,5 +185,5 @@ def assemble(backbone: Backbone, head, n_classes: int, dropout: float):
     x = keras.layers.Dropout(dropout, name="head_dropout")(x)
     outputs = keras.layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
     model = keras.Model(inputs, outputs, name="edge_transfer_classifier")
-    model.get_layer("probabilities").set_weights(head.layers[-1].get_weights())
+    model.get_layer("probabilities").set_weights([head.kernel, head.bias])
     return model

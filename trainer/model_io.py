@@ -1,4 +1,5 @@
-"""Load a saved model.keras: the one place that knows which custom layers a run may contain.
+"""Load a saved model.keras (the one place that knows which custom layers a run may contain) and
+run it on photos.
 
 A run trained on a TF Hub backbone holds a ``trainer.hub_layer.HubFeatureVector``; Keras finds
 it only once that module is imported, so every loader goes through :func:`load_keras`.
@@ -24,3 +25,9 @@ def keras_probabilities(model, images: np.ndarray, batch: int = 32) -> np.ndarra
     if not len(images):
         return np.zeros((0, model.output_shape[-1]), np.float32)
     return np.asarray(model.predict(images.astype(np.float32), batch_size=batch, verbose=0))
+
+
+def photo_probabilities(model, photos, progress: str | None = None) -> np.ndarray:
+    """keras_probabilities over a trainer.photos.Photos, decoded in bounded chunks (readable photos only)."""
+    parts = [keras_probabilities(model, images) for images, _ in photos.chunks(progress=progress)]
+    return np.concatenate(parts) if parts else np.zeros((0, model.output_shape[-1]), np.float32)

@@ -2,7 +2,8 @@
 
 TFLite runs through the edge runtime (:class:`edge.classifier.Classifier`), so the numbers here
 are those of the code that ships to the device, by construction. Both sides get the same uint8
-pixels from :func:`trainer.data.load_images` (Keras as float32, as it was trained).
+pixels from :class:`trainer.photos.Photos`, streamed in bounded chunks (Keras as float32, as it was
+trained).
 
 Definitions (also written into parity.json):
   accuracy       top-1 of the edge runtime (exact ties: lowest index, edge.postprocess.rank).
@@ -24,10 +25,11 @@ import numpy as np
 
 from edge.classifier import Classifier, ClassifierOptions
 from edge.postprocess import rank
-from trainer import atomic, data
+from trainer import atomic
 from trainer.data import DataError
 from trainer.metrics import ci95
 from trainer.model_io import keras_probabilities, load_keras
+from trainer.photos import Photos
 from trainer.run_dir import MODEL, PARITY, RunDir, sha256_file
 from trainer.variants import MODES
 
@@ -142,14 +144,13 @@ def tflite_probabilities(path: Path, images: np.ndarray, threads: int | None = N
     return Classifier(ClassifierOptions(model=path, num_threads=threads)).probabilities(images)
 
 
-def held_out(run: RunDir) -> tuple[str, np.ndarray, np.ndarray]:
-    """(split name, uint8 images, labels) of the test split, else val when test is empty."""
+def held_out(run: RunDir) -> tuple[str, Photos]:
+    """(split name, photos) of the test split, else val when test is empty."""
     splits = run.splits
     name = "test" if splits.test else "val"
     if not splits.part(name):
         raise DataError(f"{run.path}/splits.json has no test or val photos to check parity on")
-    images, ok, _ = data.load_images(splits.paths(name), run.spec)
-    return name, images[ok], splits.targets(name)[ok]
+    return name, Photos.of(splits, name, run.spec)
 
 
 @dataclass(frozen=True)
@@ -191,16 +192,22 @@ def check(run_dir: str | Path, modes: list[str], thresholds: dict[str, Threshold
           threads: int | None = None) -> ParityReport:
     """Run every requested variant and model.keras on the held-out photos and compare."""
     run = RunDir.open(run_dir)
-    split, images, y = held_out(run)
-    model = keras_model or load_keras(run / MODEL)
-    keras_probs = keras_probabilities(model, images)
-    variants = []
+    split, photos = held_out(run)
     for mode in modes:
-        path = run.variant(mode)
-        if not path.is_file():
-            raise DataError(f"{path} not found: run `python -m trainer convert {run_dir} --mode {mode}` first")
-        variants.append(compare(mode, path, keras_probs, tflite_probabilities(path, images, threads), y,
-                                thresholds.get(mode, Thresholds())))
+        if not run.variant(mode).is_file():
+            raise DataError(f"{run.variant(mode)} not found: run `python -m trainer convert {run_dir} --mode {mode}` first")
+    model = keras_model or load_keras(run / MODEL)
+    classifiers = {mode: Classifier(ClassifierOptions(model=run.variant(mode), num_threads=threads)) for mode in modes}
+    keras_parts, labels, parts = [], [], {mode: [] for mode in modes}
+    for images, y in photos.chunks(progress="parity" if len(photos) > 1000 else None):  # bounded memory
+        keras_parts.append(keras_probabilities(model, images))
+        labels.append(y)
+        for mode, classifier in classifiers.items():
+            parts[mode].append(classifier.probabilities(images))
+    y = np.concatenate(labels) if labels else np.zeros(0, np.int64)
+    keras_probs = np.concatenate(keras_parts) if keras_parts else np.zeros((0, 0), np.float32)
+    variants = [compare(mode, run.variant(mode), keras_probs, np.concatenate(parts[mode]), y,
+                        thresholds.get(mode, Thresholds())) for mode in modes]
     keras_acc = round(float(np.mean(np.argmax(keras_probs, axis=1) == y)), 4) if len(y) else 0.0
     return ParityReport(split, len(y), keras_acc, run.model_digest, variants)
 
