@@ -25,9 +25,10 @@ def _fail(message: str, code: int = 2):
 def _user_errors():
     """Exception types that mean 'the user asked for something impossible', not a bug."""
     from trainer.backbones import BackboneError
+    from trainer.cluster import ClusterError
     from trainer.data import DataError
 
-    return (DataError, BackboneError, FileNotFoundError)
+    return (DataError, BackboneError, ClusterError, FileNotFoundError)
 
 
 def _train_config(preset: str, **given):
@@ -102,6 +103,9 @@ def train(
         report = training.run(cfg, out)
     except _user_errors() as exc:
         _fail(str(exc))
+    if report is None:  # a worker other than the chief: its share is done, the chief writes RUN_DIR
+        typer.echo("worker done: the chief (worker 0) writes the run directory")
+        return
     test = report["splits"]["test"]
     typer.echo(f"test accuracy {test['accuracy']} on {test['n']} photos; skipped {len(report['skipped'])} files; "
                f"{report['timings']['total_s']:.1f} s; wrote {out}")

@@ -9,6 +9,8 @@ only chains them and times them.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -19,6 +21,7 @@ import numpy as np
 from edge.preprocess import PreprocessSpec
 from trainer import atomic, data, features, metrics, plots, report_html
 from trainer.backbones import Backbone, build_backbone
+from trainer.cluster import Cluster, barrier, make_strategy, share
 from trainer.config import RunConfig
 from trainer.feature_cache import FeatureCache, cache_root
 from trainer.fine_tune import fine_tune, without_optimizer
@@ -89,13 +92,22 @@ def scan_dataset(cfg: RunConfig) -> Dataset:
     return Dataset(root, spec, classes, candidates)
 
 
-def extract_features(cfg: RunConfig, backbone: Backbone, ds: Dataset, work: Path, timer: Timer) -> Features:
+def extract_features(cfg: RunConfig, backbone: Backbone, ds: Dataset, work: Path, timer: Timer,
+                     strategy=None) -> Features:
     """Every photo through the frozen base once (streamed, through the persistent feature cache),
-    then the split of the readable ones (unreadable files are skipped and reported)."""
+    then the split of the readable ones (unreadable files are skipped and reported).
+
+    On several workers each first extracts its share into the shared cache and waits for the
+    others (:func:`trainer.cluster.barrier`); the full pass after that only reads the cache."""
     t0 = time.perf_counter()
     cache = FeatureCache.default()
     extractor = features.Extractor(backbone.feature_model(), cache, cfg.train.threads or None)
     paths = [ds.root / s.path for s in ds.candidates]
+    cluster = Cluster.of(strategy) if strategy is not None else Cluster()
+    if cluster.workers > 1:
+        features.extract(paths, ds.spec, extractor, cache, None, rows=share(range(len(paths)), cluster),
+                         progress=f"features (worker {cluster.rank} of {cluster.workers})")
+        barrier(strategy)
     table = features.extract(paths, ds.spec, extractor, cache, work / "features.npy")
     skipped = [{"path": ds.candidates[row].path, "reason": reason} for row, reason in sorted(table.errors.items())]
     samples = [s for s, good in zip(ds.candidates, table.ok) if good]
@@ -107,6 +119,10 @@ def extract_features(cfg: RunConfig, backbone: Backbone, ds: Dataset, work: Path
     by_split = {name: table.gather(rows[name], work / f"{name}.npy") for name in SPLIT_NAMES}
     train_x, train_y, hits = by_split["train"], splits.targets("train"), table.hits
     if cfg.train.flip_features:
+        if cluster.workers > 1:
+            features.extract(paths, ds.spec, extractor, cache, None, view="mirrored",
+                             rows=share(rows["train"], cluster), progress="features (mirrored, my share)")
+            barrier(strategy)
         mirrored = features.extract(paths, ds.spec, extractor, cache, work / "mirrored.npy", view="mirrored",
                                     rows=rows["train"], progress="features (mirrored)")
         train_x = _stack(by_split["train"], mirrored.gather(rows["train"], work / "mirrored_train.npy"),
@@ -126,24 +142,30 @@ def _stack(a: np.ndarray, b: np.ndarray, out: Path, chunk: int = 8192) -> np.nda
     return np.load(out, mmap_mode="r")
 
 
-def fit(cfg: RunConfig, backbone: Backbone, ds: Dataset, feats: Features, out: Path, timer: Timer) -> Trained:
-    """Stage 1 (head on cached features), then stage 2 (fine-tuning) when configured."""
+def fit(cfg: RunConfig, backbone: Backbone, ds: Dataset, feats: Features, out: Path, timer: Timer,
+        strategy=None, checkpoint_dir: Path | None = None) -> Trained:
+    """Stage 1 (head on cached features), then stage 2 (fine-tuning) when configured: data-parallel
+    over every worker of ``strategy``, checkpointed each epoch to this worker's ``checkpoint_dir``.
+    Every worker solves the same head (deterministic, cheap); the model is built in the scope."""
+    import tensorflow as tf
+
+    strategy = strategy or tf.distribute.get_strategy()
+    chief = Cluster.of(strategy).is_chief
     n = len(ds.classes)
     t0 = time.perf_counter()
     head, head_history = train_head(cfg, feats.train_x, feats.train_y, feats.by_split["val"], feats.targets("val"), n)
     timer.add("head_s", t0)
-    if cfg.train.tensorboard:
+    if cfg.train.tensorboard and chief:
         write_tensorboard(out / "tensorboard" / "head", head_history)
     history = {"head": head_history}
-    model = assemble(backbone, head, n, cfg.train.dropout)
+    with strategy.scope():
+        model = assemble(backbone, head, n, cfg.train.dropout)
     fine_tuned = bool(cfg.train.fine_tune_layers or cfg.train.fine_tune_from)
     if fine_tuned:
-        import tensorflow as tf
-
         t0 = time.perf_counter()
+        logdir = out / "tensorboard" / "fine_tune" if cfg.train.tensorboard and chief else None
         history["fine_tune"] = fine_tune(cfg, backbone, model, feats.photos("train", ds.spec),
-                                         feats.photos("val", ds.spec), n, tf.distribute.get_strategy(),
-                                         logdir=out / "tensorboard" / "fine_tune" if cfg.train.tensorboard else None)
+                                         feats.photos("val", ds.spec), n, strategy, checkpoint_dir, logdir)
         model = without_optimizer(model)
         timer.add("fine_tune_s", t0)
     return Trained(model, head, fine_tuned, history)
@@ -214,24 +236,43 @@ def write_outputs(out: Path, trained: Trained, ds: Dataset, feats: Features, pro
     report_html.write(out)
 
 
-def run(cfg: RunConfig, out: Path) -> dict:
-    """The whole `train` command; returns the report (also written to out/report.json)."""
+def checkpoint_dir(cfg: RunConfig, out: Path, cluster: Cluster) -> Path:
+    """This worker's fine-tuning checkpoints, under the cache (so the workers that are not the
+    chief write nothing into RUN_DIR), keyed by the run directory and the configuration: the same
+    command, run again after a kill, finds them and resumes."""
+    key = hashlib.sha256(json.dumps([str(out.resolve()), cfg.to_dict()], sort_keys=True).encode()).hexdigest()[:16]
+    return cache_root() / "checkpoints" / key / f"worker-{cluster.rank}"
+
+
+def run(cfg: RunConfig, out: Path) -> dict | None:
+    """The whole `train` command on this worker. Returns the report (also written to
+    out/report.json) on the chief; None on the other workers, which write nothing into ``out``."""
     t_start = time.perf_counter()
     timer = Timer()
     out = Path(out)
+    cluster = Cluster.from_env()
     ds = scan_dataset(cfg)
+    strategy = make_strategy(cluster)  # before any other TensorFlow op
     import keras
 
     keras.utils.set_random_seed(cfg.seed)
-    out.mkdir(parents=True, exist_ok=True)
-    RunDir(out).clean_stale_temps()
-    backbone = build_backbone(cfg.backbone)
+    if cluster.is_chief:
+        out.mkdir(parents=True, exist_ok=True)
+        RunDir(out).clean_stale_temps()
+    with strategy.scope():
+        backbone = build_backbone(cfg.backbone)
     with tempfile.TemporaryDirectory(prefix="edge-transfer-features-") as work:
-        feats = extract_features(cfg, backbone, ds, Path(work), timer)
-        write_inputs(cfg, ds, feats.splits, out)
-        trained = fit(cfg, backbone, ds, feats, out, timer)
+        feats = extract_features(cfg, backbone, ds, Path(work), timer, strategy)
+        fine_tuning = bool(cfg.train.fine_tune_layers or cfg.train.fine_tune_from)
+        if not cluster.is_chief and not fine_tuning:
+            return None  # its share of the features is in the cache: the chief does the rest
+        if cluster.is_chief:
+            write_inputs(cfg, ds, feats.splits, out)
+        trained = fit(cfg, backbone, ds, feats, out, timer, strategy, checkpoint_dir(cfg, out, cluster))
+        if not cluster.is_chief:
+            return None
         probs = evaluate(trained, ds, feats, timer)
-        report = build_report(cfg, ds, feats, trained, probs, timer)
+        report = build_report(cfg, ds, feats, trained, probs, timer, cluster.workers)
         timer.seconds["total_s"] = time.perf_counter() - t_start
         write_outputs(out, trained, ds, feats, probs, report, timer)
     return report
