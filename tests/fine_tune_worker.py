@@ -2,6 +2,7 @@
 TF_CONFIG (if any) -> strategy -> model under its scope -> [barrier] -> fine_tune -> weights.
 
     python tests/fine_tune_worker.py OUT [--epochs N] [--checkpoint DIR] [--barrier] [--train-per-class N]
+                                         [--stall RANK:SECONDS]
 
 Each worker checkpoints to DIR/worker_<rank> (its own folder, as the caller must). Prints
 "training" when fine-tuning starts, then the history as one JSON line; writes
@@ -11,9 +12,11 @@ OUT/weights_<rank>.npz. A ClusterError is one "error: ..." line and exit 2, as i
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +61,20 @@ def build_model(n_classes: int, seed: int):
     return backbone, keras.Model(inputs, outputs)
 
 
+def stall_reads(seconds: float, after: int = 10) -> None:
+    """Make the photo read number ``after`` (fine_tune decodes through edge.preprocess.prepare) hang."""
+    import edge.preprocess
+
+    real, reads = edge.preprocess.prepare, itertools.count()
+
+    def stuck(*args, **kwargs):
+        if next(reads) == after:
+            time.sleep(seconds)
+        return real(*args, **kwargs)
+
+    edge.preprocess.prepare = stuck
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("out", type=Path)
@@ -65,6 +82,8 @@ def main() -> int:
     parser.add_argument("--checkpoint", type=Path)
     parser.add_argument("--barrier", action="store_true")
     parser.add_argument("--train-per-class", type=int, default=8)
+    parser.add_argument("--stall", default="", help="RANK:SECONDS: that worker's input pipeline hangs (a stuck "
+                        "file read) mid-epoch: a live, heartbeating, hung peer")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
@@ -87,6 +106,8 @@ def main() -> int:
         if args.barrier:
             barrier(strategy)
             print(f"barrier passed by worker {cluster.rank}", flush=True)
+        if args.stall and int(args.stall.split(":")[0]) == cluster.rank:
+            stall_reads(float(args.stall.split(":")[1]))
         print("training", flush=True)
         checkpoint = args.checkpoint / f"worker_{cluster.rank}" if args.checkpoint else None
         history = fine_tune(cfg, backbone, model, train, val, n_classes, strategy, checkpoint_dir=checkpoint,

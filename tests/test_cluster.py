@@ -211,3 +211,23 @@ def test_two_workers_killed_together_resume_after_the_epoch_both_saved(tmp_path)
     first, second = (np.load(tmp_path / f"weights_{r}.npz") for r in range(2))
     for key in first.files:
         np.testing.assert_array_equal(first[key], second[key])
+
+
+@pytest.mark.slow
+def test_a_hung_worker_fails_the_other_at_the_collective_timeout(tmp_path):
+    procs = _start_workers(tmp_path, "--stall", "1:120", timeout_s="20")  # alive (heartbeating) but stuck
+    try:
+        for line in procs[0].stdout:
+            if line.startswith("training"):
+                break
+        started = time.monotonic()
+        _, err = procs[0].communicate(timeout=90)
+        seconds = time.monotonic() - started
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert procs[0].returncode == 2, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: worker 1 lost (no answer within the 20 s collective timeout"), last
+    assert 20 <= seconds < 90, seconds

@@ -18,7 +18,10 @@ stops heartbeating (killed, crashed, machine gone) is reported within the heartb
 later collective fails with UnavailableError ("tasks are unhealthy (stopped sending heartbeats)").
 A peer that is alive but stuck keeps heartbeating, so each collective also has a timeout
 (CommunicationOptions.timeout_seconds -> DeadlineExceededError "Collective has timed out").
-:func:`cluster_errors` turns both into one-line :class:`ClusterError`.
+Not covered: the broadcast of initial values when variables are created under the scope takes
+no timeout (broadcast_send/recv in the same file), so a peer stuck before building its model
+blocks the others until it dies. :func:`cluster_errors` turns both errors into one-line
+:class:`ClusterError`.
 """
 
 from __future__ import annotations
