@@ -2,7 +2,7 @@
 TF_CONFIG (if any) -> strategy -> model under its scope -> [barrier] -> fine_tune -> weights.
 
     python tests/fine_tune_worker.py OUT [--epochs N] [--checkpoint DIR] [--barrier] [--train-per-class N]
-                                         [--stall RANK:SECONDS]
+                                         [--stall RANK:SECONDS] [--skew-head]
 
 Each worker checkpoints to DIR/worker_<rank> (its own folder, as the caller must). Prints
 "training" when fine-tuning starts, then the history as one JSON line; writes
@@ -61,6 +61,13 @@ def build_model(n_classes: int, seed: int):
     return backbone, keras.Model(inputs, outputs)
 
 
+def saved(checkpoint: Path, epoch: int, workers: int = 1) -> bool:
+    """Every worker's checkpoint of ``epoch`` is committed: CheckpointManager's index file names it
+    (written after the checkpoint's files, so a kill before it leaves nothing to resume)."""
+    index = list(checkpoint.glob("worker_*/fine_tune-*/checkpoint"))
+    return len(index) == workers and all(f'"ckpt-{epoch}"' in p.read_text() for p in index)
+
+
 def stall_reads(seconds: float, after: int = 10) -> None:
     """Make the photo read number ``after`` (fine_tune decodes through edge.preprocess.prepare) hang."""
     import edge.preprocess
@@ -82,6 +89,8 @@ def main() -> int:
     parser.add_argument("--checkpoint", type=Path)
     parser.add_argument("--barrier", action="store_true")
     parser.add_argument("--train-per-class", type=int, default=8)
+    parser.add_argument("--skew-head", action="store_true", help="set a different head on each worker after "
+                        "building (as a non-deterministic stage 1 would): fine_tune must start all from the chief's")
     parser.add_argument("--stall", default="", help="RANK:SECONDS: that worker's input pipeline hangs (a stuck "
                         "file read) mid-epoch: a live, heartbeating, hung peer")
     args = parser.parse_args()
@@ -103,6 +112,9 @@ def main() -> int:
         keras.utils.set_random_seed(cfg.seed)
         with strategy.scope():
             backbone, model = build_model(n_classes, cfg.seed)
+        if args.skew_head:
+            head = model.get_layer("probabilities")
+            head.set_weights([w + 0.01 * cluster.rank for w in head.get_weights()])
         if args.barrier:
             barrier(strategy)
             print(f"barrier passed by worker {cluster.rank}", flush=True)

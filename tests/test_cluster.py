@@ -15,6 +15,7 @@ import time
 import numpy as np
 import pytest
 
+from tests.fine_tune_worker import saved
 from tests.paths import REPO
 from trainer.cluster import Cluster, ClusterError, parse, share
 
@@ -146,7 +147,7 @@ def _finish(procs, timeout: float) -> list[tuple[int, str, str]]:
 
 @pytest.mark.slow
 def test_two_workers_on_loopback_pass_the_barrier_and_end_with_identical_weights(tmp_path):
-    procs = _start_workers(tmp_path, "--barrier", "--checkpoint", str(tmp_path / "ckpt"))
+    procs = _start_workers(tmp_path, "--barrier", "--skew-head", "--checkpoint", str(tmp_path / "ckpt"))
     results = _finish(procs, timeout=300)
     for rank, (rc, out, err) in enumerate(results):
         assert rc == 0, err[-3000:]
@@ -190,7 +191,7 @@ def test_two_workers_killed_together_resume_after_the_epoch_both_saved(tmp_path)
     procs = _start_workers(tmp_path, *args)
     try:
         deadline = time.monotonic() + 240
-        while len(list(checkpoint.glob("worker_*/fine_tune-*/ckpt-1.index"))) < 2:
+        while not saved(checkpoint, 1, workers=2):
             assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "no epoch-1 checkpoints"
             time.sleep(0.05)
         for p in procs:  # the whole job preempted

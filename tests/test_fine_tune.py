@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.fine_tune_worker import SIZE, build_model, sample_photos
+from tests.fine_tune_worker import SIZE, build_model, sample_photos, saved
 from tests.paths import REPO, SAMPLE_FLOWERS
 
 WORKER = REPO / "tests" / "fine_tune_worker.py"
@@ -70,7 +70,7 @@ def test_a_killed_fine_tune_resumes_after_its_last_saved_epoch(tmp_path):
     first = _run(tmp_path, checkpoint)
     try:
         deadline = time.monotonic() + 240
-        while not list(checkpoint.glob("worker_0/fine_tune-*/ckpt-1.index")) and first.poll() is None:
+        while not saved(checkpoint, 1) and first.poll() is None:
             assert time.monotonic() < deadline, "no epoch-1 checkpoint"
             time.sleep(0.05)
         first.send_signal(signal.SIGKILL)

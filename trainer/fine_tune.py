@@ -193,6 +193,17 @@ def _resume(strategy, manager, ckpt, epochs: int) -> int:
     return common
 
 
+def _start_from_chief(strategy, cluster: Cluster, variables) -> None:
+    """Every worker starts from the chief's trainable weights: MWMS broadcasts initial values
+    only when variables are created, so a head set afterwards (assemble) could differ by worker."""
+    if cluster.workers < 2:
+        return
+    flat = np.concatenate([v.numpy().ravel() for v in variables]) * (1.0 if cluster.is_chief else 0.0)
+    chief = all_sum(strategy, flat)
+    for v, part in zip(variables, np.split(chief, np.cumsum([int(np.prod(v.shape)) for v in variables])[:-1])):
+        v.assign(part.reshape(v.shape))
+
+
 def fine_tune(cfg: RunConfig, backbone: Backbone, model, train: Photos, val: Photos, n_classes: int,
               strategy, checkpoint_dir: Path | None = None, logdir: Path | None = None) -> dict[str, list[float]]:
     """Stage 2: low learning rate, augmentation, early stopping on val loss, best weights restored.
@@ -257,6 +268,7 @@ def _fine_tune(cfg, backbone, model, train, val, n_classes, strategy, cluster, c
                                    since_best=state.since_best, history=state.history, best_weights=state.best_weights)
         manager = _checkpoints(Path(checkpoint_dir), fingerprint(cfg, train, val, n_classes, plan), ckpt)
         start = _resume(strategy, manager, ckpt, t.fine_tune_epochs)
+    _start_from_chief(strategy, cluster, variables)
     augment = _augmenter(cfg.seed)
     val_ds = _val_dataset(val, cluster, n_classes, t.fine_tune_batch_size) if len(val) else None
     writer = tf.summary.create_file_writer(str(logdir)) if logdir is not None and cluster.is_chief else None
