@@ -241,7 +241,7 @@ def checkpoint_dir(cfg: RunConfig, out: Path, cluster: Cluster) -> Path:
     chief write nothing into RUN_DIR), keyed by the run directory and the configuration: the same
     command, run again after a kill, finds them and resumes."""
     key = hashlib.sha256(json.dumps([str(out.resolve()), cfg.to_dict()], sort_keys=True).encode()).hexdigest()[:16]
-    return cache_root() / "checkpoints" / key / f"worker-{cluster.rank}"
+    return cache_root() / "checkpoints" / key / f"worker_{cluster.rank}"
 
 
 def run(cfg: RunConfig, out: Path) -> dict | None:
@@ -264,15 +264,16 @@ def run(cfg: RunConfig, out: Path) -> dict | None:
     with tempfile.TemporaryDirectory(prefix="edge-transfer-features-") as work:
         feats = extract_features(cfg, backbone, ds, Path(work), timer, strategy)
         fine_tuning = bool(cfg.train.fine_tune_layers or cfg.train.fine_tune_from)
-        if not cluster.is_chief and not fine_tuning:
-            return None  # its share of the features is in the cache: the chief does the rest
+        report = None
         if cluster.is_chief:
             write_inputs(cfg, ds, feats.splits, out)
-        trained = fit(cfg, backbone, ds, feats, out, timer, strategy, checkpoint_dir(cfg, out, cluster))
-        if not cluster.is_chief:
-            return None
-        probs = evaluate(trained, ds, feats, timer)
-        report = build_report(cfg, ds, feats, trained, probs, timer, cluster.workers)
-        timer.seconds["total_s"] = time.perf_counter() - t_start
-        write_outputs(out, trained, ds, feats, probs, report, timer)
+        if cluster.is_chief or fine_tuning:  # the others' share of the features is in the cache
+            trained = fit(cfg, backbone, ds, feats, out, timer, strategy, checkpoint_dir(cfg, out, cluster))
+        if cluster.is_chief:
+            probs = evaluate(trained, ds, feats, timer)
+            report = build_report(cfg, ds, feats, trained, probs, timer, cluster.workers)
+            timer.seconds["total_s"] = time.perf_counter() - t_start
+            write_outputs(out, trained, ds, feats, probs, report, timer)
+    if cluster.workers > 1:
+        barrier(strategy)  # everyone stays until the chief has written: no peer vanishes mid-run
     return report
