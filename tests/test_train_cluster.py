@@ -99,3 +99,23 @@ def test_a_killed_train_resumes_fine_tuning_when_the_same_command_runs_again(tmp
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["stages"]["fine_tune"]["epochs"] == 3 and report["feature_cache"]["hits"] == 200
     assert not list((cache / "checkpoints").rglob("*.index"))
+
+
+@pytest.mark.slow
+def test_two_loopback_workers_head_only(tmp_path):
+    """Without fine-tuning the second worker only extracts its share and waits for the chief."""
+    hosts = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    cache = _cache(tmp_path, "cache")
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    env.update(EDGE_TRANSFER_CACHE=str(cache), TF_CPP_MIN_LOG_LEVEL="2", EDGE_TRANSFER_COLLECTIVE_TIMEOUT_S="120")
+    workers = [subprocess.Popen([sys.executable, "-m", "trainer", "train", "--data", str(SAMPLE_FLOWERS), "--out",
+                                 str(tmp_path / "run"), "--image-size", "96"], cwd=REPO, text=True,
+                                env={**env, "TF_CONFIG": json.dumps({"cluster": {"worker": hosts},
+                                                                     "task": {"type": "worker", "index": i}})},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(2)]
+    outputs = [w.communicate(timeout=600) for w in workers]
+    for w, (_, stderr) in zip(workers, outputs):
+        assert w.returncode == 0, stderr[-3000:]
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["workers"] == 2 and report["splits"]["test"]["accuracy"] >= 0.6
+    assert len(_entries(cache)) == 200 and report["feature_cache"]["hits"] == 200  # both shares, then read

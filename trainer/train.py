@@ -8,6 +8,7 @@ only chains them and times them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -158,9 +159,11 @@ def fit(cfg: RunConfig, backbone: Backbone, ds: Dataset, feats: Features, out: P
     if cfg.train.tensorboard and chief:
         write_tensorboard(out / "tensorboard" / "head", head_history)
     history = {"head": head_history}
-    with strategy.scope():
-        model = assemble(backbone, head, n, cfg.train.dropout)
     fine_tuned = bool(cfg.train.fine_tune_layers or cfg.train.fine_tune_from)
+    # variables made in an MWMS scope are broadcast, a collective every worker must join: only
+    # when all of them fine-tune (head only, the chief alone assembles the model)
+    with strategy.scope() if fine_tuned else contextlib.nullcontext():
+        model = assemble(backbone, head, n, cfg.train.dropout)
     if fine_tuned:
         t0 = time.perf_counter()
         logdir = out / "tensorboard" / "fine_tune" if cfg.train.tensorboard and chief else None
