@@ -19,6 +19,7 @@ from tests.conftest import run_cli
 from tests.paths import REPO, SAMPLE_FLOWERS
 from trainer import features
 from trainer.feature_cache import FeatureCache
+from trainer.rows import Rows
 
 pytestmark = pytest.mark.slow  # each test converts or runs a backbone of its own (make test, not test-fast)
 
@@ -47,9 +48,9 @@ def _extract(paths, cache, model, out=None, **kw):
 def test_second_run_hits_new_photos_miss_and_features_are_identical(tmp_path, feature_model):
     cache = FeatureCache(tmp_path / "cache")
     paths = _photos(tmp_path, 10)
-    first = _extract(paths[:8], cache, feature_model, tmp_path / "a.npy")
+    first = _extract(paths[:8], cache, feature_model, tmp_path / "a.f32")
     assert first.hits == 0 and first.ok.all() and cache.info().entries == 8
-    again = _extract(paths, cache, feature_model, tmp_path / "b.npy")  # two photos added
+    again = _extract(paths, cache, feature_model, tmp_path / "b.f32")  # two photos added
     assert again.hits == 8 and again.ok.all() and cache.info().entries == 10
     np.testing.assert_array_equal(first.array(), again.array()[:8])
     # the key is the content: a renamed copy hits, the same name with other bytes misses
@@ -57,25 +58,25 @@ def test_second_run_hits_new_photos_miss_and_features_are_identical(tmp_path, fe
     shutil.copy(paths[0], renamed)
     edited = tmp_path / "edited.jpg"
     edited.write_bytes(paths[1].read_bytes() + b"\0")  # after the JPEG end marker: same pixels
-    third = _extract([renamed, edited], cache, feature_model, tmp_path / "c.npy")
+    third = _extract([renamed, edited], cache, feature_model, tmp_path / "c.f32")
     assert third.hits == 1
     np.testing.assert_array_equal(third.array()[1], again.array()[1])  # computed again, same result
     # a mirrored view is its own entry
-    mirrored = _extract(paths[:2], cache, feature_model, tmp_path / "m.npy", view="mirrored")
+    mirrored = _extract(paths[:2], cache, feature_model, tmp_path / "m.f32", view="mirrored")
     assert mirrored.hits == 0 and not np.array_equal(mirrored.array(), again.array()[:2])
 
 
 def test_damaged_entries_are_detected_and_computed_again(tmp_path, feature_model):
     cache = FeatureCache(tmp_path / "cache")
     paths = _photos(tmp_path, 3)
-    clean = _extract(paths, cache, feature_model, tmp_path / "a.npy").array().copy()
+    clean = _extract(paths, cache, feature_model, tmp_path / "a.f32").array().copy()
     entries = sorted((tmp_path / "cache" / "features").rglob("*"))
     entries = [p for p in entries if p.is_file()]
     entries[0].write_bytes(entries[0].read_bytes()[:100])  # truncated
     raw = bytearray(entries[1].read_bytes())
     raw[-1] ^= 0x40  # one flipped bit in the payload: the CRC catches it
     entries[1].write_bytes(bytes(raw))
-    again = _extract(paths, cache, feature_model, tmp_path / "b.npy")
+    again = _extract(paths, cache, feature_model, tmp_path / "b.f32")
     assert again.hits == 1
     np.testing.assert_array_equal(again.array(), clean)
     assert _extract(paths, cache, feature_model, None).hits == 3  # rewritten whole
@@ -86,8 +87,8 @@ def test_an_unreadable_photo_is_cached_as_its_error(tmp_path, feature_model):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     paths = [*_photos(tmp_path, 2), bad]
-    first = _extract(paths, cache, feature_model, tmp_path / "a.npy")
-    second = _extract(paths, cache, feature_model, tmp_path / "b.npy")
+    first = _extract(paths, cache, feature_model, tmp_path / "a.f32")
+    second = _extract(paths, cache, feature_model, tmp_path / "b.f32")
     assert list(first.ok) == list(second.ok) == [True, True, False]
     assert second.hits == 3 and second.errors == first.errors and first.errors[2].startswith("OSError")
     assert cache.info().errors == 1
@@ -115,15 +116,15 @@ def test_two_runs_sharing_the_cache_at_once_cannot_corrupt_it(tmp_path, feature_
     paths = _photos(tmp_path, 40)
     cache_dir = tmp_path / "cache"
     procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(cache_dir), str(paths[0].parent),
-                               str(tmp_path / f"{i}.npy")], cwd=REPO) for i in range(2)]
+                               str(tmp_path / f"{i}.f32")], cwd=REPO) for i in range(2)]
     assert [p.wait(timeout=300) for p in procs] == [0, 0]
     cache = FeatureCache(cache_dir)
     assert cache.info().entries == 40
     assert not [p for p in (cache_dir / "features").rglob(".*")]  # no temp file left behind
-    again = _extract(sorted(paths), cache, feature_model, tmp_path / "again.npy")  # the writers' order
+    again = _extract(sorted(paths), cache, feature_model, tmp_path / "again.f32")  # the writers' order
     assert again.hits == 40  # every entry written by either process reads back intact
-    np.testing.assert_array_equal(np.load(tmp_path / "0.npy"), again.array())
-    np.testing.assert_array_equal(np.load(tmp_path / "1.npy"), again.array())
+    np.testing.assert_array_equal(Rows(tmp_path / "0.f32", 40, 1280).read_all(), again.array())
+    np.testing.assert_array_equal(Rows(tmp_path / "1.f32", 40, 1280).read_all(), again.array())
 
 
 @pytest.mark.slow
@@ -177,4 +178,4 @@ def test_memory_does_not_grow_with_the_number_of_photos(tmp_path, monkeypatch):
         tracemalloc.stop()
     held_then = 480 * 224 * 224 * 3  # what holding the 480 extra decoded photos alone would add
     assert peaks[640] - peaks[160] < 0.1 * held_then, peaks
-    assert os.path.getsize(tmp_path / "work640" / "features.npy") > 640 * 1280 * 4  # the features are on disk
+    assert os.path.getsize(tmp_path / "work640" / "features.f32") == 640 * 1280 * 4  # the features are on disk

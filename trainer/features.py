@@ -2,7 +2,7 @@
 
 Photos go through in chunks (read, hash, look up, decode only the misses, extract), so memory
 does not grow with the dataset; the vectors land in the persistent cache (trainer.feature_cache)
-and in a memory-mapped (N, D) float32 table for the run. The base is converted once to a float32
+and in an (N, D) float32 table on disk for the run (trainer.rows). The base is converted once to a float32
 TFLite file (kept in the cache, keyed by its weights) and run with XNNPACK on every core: 4.6-6.7x
 the images/s of Keras `predict` on a 2-core CPU (benchmarks/bench_train.py). Falls back to Keras
 when a base cannot convert.
@@ -22,6 +22,7 @@ import numpy as np
 from edge.preprocess import PreprocessSpec, prepare
 from trainer import atomic
 from trainer.feature_cache import EXTRACTORS_DIR, FeatureCache, content_digest, entry_key
+from trainer.rows import Rows
 from trainer.tflite import ConversionError, run_converter
 
 CHUNK = 64  # photos read and decoded ahead while the previous chunk runs through the base
@@ -78,27 +79,20 @@ class Extractor:
 
 @dataclass(frozen=True)
 class FeatureTable:
-    """Features of a list of photos in its order: row i of ``path`` (an .npy file, memory-mapped)
-    is valid where ``ok[i]``; ``errors`` maps row -> why that photo could not be read."""
+    """Features of a list of photos in its order: row i of ``rows`` (a table on disk) is valid
+    where ``ok[i]``; ``errors`` maps row -> why that photo could not be read."""
 
-    path: Path | None
+    rows: Rows | None
     ok: np.ndarray
     errors: dict[int, str] = field(default_factory=dict)
     hits: int = 0
 
     def array(self) -> np.ndarray:
-        if self.path is None:
-            return np.zeros((len(self.ok), 0), np.float32)
-        return np.load(self.path, mmap_mode="r")
+        """Every row in memory: for small tables (tests) only; stages use ``rows`` / ``gather``."""
+        return self.rows.read_all() if self.rows is not None else np.zeros((len(self.ok), 0), np.float32)
 
-    def gather(self, rows: np.ndarray, out: Path, chunk: int = 8192) -> np.ndarray:
-        """Rows ``rows`` copied in bounded chunks to a new memory-mapped file ``out``."""
-        src = self.array()
-        dst = np.lib.format.open_memmap(out, mode="w+", dtype=np.float32, shape=(len(rows), src.shape[1]))
-        for start in range(0, len(rows), chunk):
-            dst[start:start + chunk] = src[rows[start:start + chunk]]
-        dst.flush()
-        return np.load(out, mmap_mode="r")
+    def gather(self, rows: np.ndarray, out: Path) -> Rows:
+        return self.rows.gather(rows, out)
 
 
 @dataclass
@@ -170,19 +164,28 @@ def extract(paths: Sequence[Path], spec: PreprocessSpec, extractor: Extractor, c
                     chunk.found[i] = image
                 cache.put(chunk.keys[i], chunk.found[i])
             hits += len(chunk.rows) - len(chunk.images)
+            good = []
             for row, value in zip(chunk.rows, chunk.found):
                 if isinstance(value, str):
                     errors[row] = value
-                    continue
-                ok[row] = True
-                if out is not None:
-                    if table is None:
-                        table = np.lib.format.open_memmap(out, mode="w+", dtype=np.float32, shape=(len(paths), len(value)))
-                    table[row] = value
+                else:
+                    ok[row] = True
+                    good.append((row, value))
+            if out is not None and good:
+                if table is None:
+                    table = Rows.create(out, len(paths), len(good[0][1]))
+                _write(table, good)
             bar.update(len(chunk.rows))
             bar.set_postfix(cached=hits, refresh=False)
     bar.close()
-    if table is not None:
-        table.flush()
-        del table
-    return FeatureTable(out if out is not None and ok.any() else None, ok, errors, hits)
+    return FeatureTable(table, ok, errors, hits)
+
+
+def _write(table: Rows, good: list[tuple[int, np.ndarray]]) -> None:
+    """A chunk's vectors at their rows: one write when the rows are consecutive (the usual case)."""
+    rows = [row for row, _ in good]
+    if rows == list(range(rows[0], rows[0] + len(rows))):
+        table.write(rows[0], np.stack([v for _, v in good]))
+    else:
+        for row, value in good:
+            table.write(row, value[None])

@@ -3,7 +3,7 @@
 The problem is convex, so it is solved, not trained: L-BFGS on the exact objective (class-
 weighted, label-smoothed cross-entropy + L2), each L2 strength of the grid warm-started from the
 stronger one before it, the winner chosen by validation log-loss. Every objective evaluation is
-one streamed pass over the (memory-mapped) features in bounded chunks, and the number of passes
+one streamed pass over the features (a table on disk) in bounded chunks, and the number of passes
 does not grow with the data, so the cost is linear in the photos and the memory is not.
 (The Adam loop it replaces ran 303 full-batch epochs on 2,934 photos and 1,814 on 4x that.)
 :func:`assemble` puts the head on the base.
@@ -59,7 +59,7 @@ def write_tensorboard(logdir: Path, history: dict[str, list[float]]) -> None:
 class _Problem:
     """Features, targets and per-photo weights of one split, and the loss settings."""
 
-    x: np.ndarray  # (N, D), possibly a memmap: read CHUNK rows at a time
+    x: np.ndarray  # (N, D): an array, a memmap or trainer.rows.Rows, read CHUNK rows at a time
     y: np.ndarray
     weights: np.ndarray
     n_classes: int

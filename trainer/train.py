@@ -29,6 +29,7 @@ from trainer.fine_tune import fine_tune, without_optimizer
 from trainer.head import LinearHead, assemble, train_head, write_tensorboard
 from trainer.model_io import photo_probabilities
 from trainer.photos import Photos
+from trainer.rows import Rows
 from trainer.run_dir import CONFIG, LABELS, MODEL, REPORT, SPLITS, RunDir
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -46,12 +47,12 @@ class Dataset:
 
 @dataclass(frozen=True)
 class Features:
-    """The readable photos' split and their pooled features (memory-mapped, per split); ``train_x``
+    """The readable photos' split and their pooled features (tables on disk, per split); ``train_x``
     / ``train_y`` include mirrored copies when asked."""
 
     splits: data.Splits
-    by_split: dict[str, np.ndarray]
-    train_x: np.ndarray
+    by_split: dict[str, Rows]
+    train_x: Rows
     train_y: np.ndarray
     cache_hits: int
 
@@ -109,7 +110,7 @@ def extract_features(cfg: RunConfig, backbone: Backbone, ds: Dataset, work: Path
         features.extract(paths, ds.spec, extractor, cache, None, rows=share(range(len(paths)), cluster),
                          progress=f"features (worker {cluster.rank} of {cluster.workers})")
         barrier(strategy)
-    table = features.extract(paths, ds.spec, extractor, cache, work / "features.npy")
+    table = features.extract(paths, ds.spec, extractor, cache, work / "features.f32")
     skipped = [{"path": ds.candidates[row].path, "reason": reason} for row, reason in sorted(table.errors.items())]
     samples = [s for s, good in zip(ds.candidates, table.ok) if good]
     data.check_counts(ds.classes, samples, cfg.data.min_per_class)
@@ -117,30 +118,20 @@ def extract_features(cfg: RunConfig, backbone: Backbone, ds: Dataset, work: Path
     splits = data.Splits(str(ds.root), ds.classes, train, val, test, skipped)
     row = {s.path: i for i, s in enumerate(ds.candidates)}
     rows = {name: np.array([row[s.path] for s in splits.part(name)], np.int64) for name in SPLIT_NAMES}
-    by_split = {name: table.gather(rows[name], work / f"{name}.npy") for name in SPLIT_NAMES}
+    by_split = {name: table.gather(rows[name], work / f"{name}.f32") for name in SPLIT_NAMES}
     train_x, train_y, hits = by_split["train"], splits.targets("train"), table.hits
     if cfg.train.flip_features:
         if cluster.workers > 1:
             features.extract(paths, ds.spec, extractor, cache, None, view="mirrored",
                              rows=share(rows["train"], cluster), progress="features (mirrored, my share)")
             barrier(strategy)
-        mirrored = features.extract(paths, ds.spec, extractor, cache, work / "mirrored.npy", view="mirrored",
+        mirrored = features.extract(paths, ds.spec, extractor, cache, work / "mirrored.f32", view="mirrored",
                                     rows=rows["train"], progress="features (mirrored)")
-        train_x = _stack(by_split["train"], mirrored.gather(rows["train"], work / "mirrored_train.npy"),
-                         work / "train_both.npy")
+        train_x = Rows.concat([by_split["train"], mirrored.gather(rows["train"], work / "mirrored_train.f32")],
+                              work / "train_both.f32")
         train_y, hits = np.concatenate([train_y, train_y]), hits + mirrored.hits
     timer.add("features_s", t0)
     return Features(splits, by_split, train_x, train_y, hits)
-
-
-def _stack(a: np.ndarray, b: np.ndarray, out: Path, chunk: int = 8192) -> np.ndarray:
-    """Rows of a then b in one new memory-mapped file, copied in bounded chunks."""
-    dst = np.lib.format.open_memmap(out, mode="w+", dtype=np.float32, shape=(len(a) + len(b), a.shape[1]))
-    for offset, src in ((0, a), (len(a), b)):
-        for start in range(0, len(src), chunk):
-            dst[offset + start:offset + start + chunk] = src[start:start + chunk]
-    dst.flush()
-    return np.load(out, mmap_mode="r")
 
 
 def fit(cfg: RunConfig, backbone: Backbone, ds: Dataset, feats: Features, out: Path, timer: Timer,
