@@ -1,12 +1,18 @@
-"""int8 agreement vs how much of the network stays float, side by side in one run.
+"""int8 agreement vs which layers stay float, side by side in one run.
 
-    python benchmarks/bench_int8.py RUN_DIR [--calibration-images 300] [--out bench_int8.json]
+    python benchmarks/bench_int8.py RUN_DIR [--calibration-images 300] [--float-layers 10] [--int16]
+                                    [--out bench_int8.json]
 
 One calibration of RUN_DIR/model.keras, then every choice below quantized from it and run through
 the edge runtime on the run's held-out split: size (MB = 10^6 bytes), top-1 agreement with
-model.keras, accuracy change, max |dp|, invoke p50 (2 threads). Choices: the all-integer file
-(full_int8); the head (FULLY_CONNECTED, SOFTMAX) in float; plus the K layers the
-QuantizationDebugger ranks worst; plus every depthwise convolution and the K worst others.
+model.keras, accuracy change, logit error (trainer.sensitivity.logit_error), invoke p50 (2 threads;
+three interleaved rounds, median, so load on a shared machine hits every row alike) and its ratio
+to the int8 default and to float32. Choices: float32 and float16 (references); the all-integer
+file (full_int8); the head (FULLY_CONNECTED, SOFTMAX) in float; plus the 3 layers the
+QuantizationDebugger ranks worst by their own error (the old default); plus the first K layers
+int8 now chooses greedily by their effect on the logits on the val split (here without int8's
+size bound, MAX_GROWTH, so the longer choices show what it would cost); plus every depthwise
+convolution and the 24 worst others; with --int16, 16x8 (int16 activations, float I/O).
 """
 
 from __future__ import annotations
@@ -26,58 +32,96 @@ import numpy as np  # noqa: E402
 
 from edge.benchmark import size_mb, time_invoke  # noqa: E402
 from edge.runtime import make_interpreter  # noqa: E402
-from trainer.calibration import calibration_images, representative_dataset  # noqa: E402
-from trainer.model_io import load_keras  # noqa: E402
+from trainer.calibration import calibration_images, representative_dataset, selection_images  # noqa: E402
+from trainer.convert import DEFAULT_FLOAT_LAYERS, convert_model  # noqa: E402
+from trainer.model_io import keras_probabilities, load_keras  # noqa: E402
 from trainer.parity import held_out, tflite_probabilities  # noqa: E402
 from trainer.run_dir import MODEL, RunDir  # noqa: E402
-from trainer.sensitivity import rank_layers  # noqa: E402
-from trainer.tflite import calibrate, quantize  # noqa: E402
+from trainer.sensitivity import choose_float_layers, logit_error, rank_layers  # noqa: E402
+from trainer.tflite import calibrate, converter_for, exported, quantize, run_converter  # noqa: E402
+from trainer.variants import MODES  # noqa: E402
 
 HEAD = ("FULLY_CONNECTED", "SOFTMAX")
+DEFAULT = f"head + {DEFAULT_FLOAT_LAYERS} chosen by logit effect (default)"
+OLD = "head + 3 debugger-worst (old default)"
+
+
+def int16_model(source, images: np.ndarray) -> bytes:
+    """16x8: int16 activations, int8 weights, float I/O (TFLite has no uint8-input form of it)."""
+    import tensorflow as tf
+
+    converter = converter_for(source)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative_dataset(images)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8,
+                                           tf.lite.OpsSet.TFLITE_BUILTINS]
+    return run_converter(converter)
+
+
+def choices(source, calibrated: bytes, images_cal: np.ndarray, chooser: np.ndarray, k: int,
+            int16: bool) -> dict[str, bytes]:
+    debugger = rank_layers(calibrated, images_cal[:100], HEAD)
+    ranked_dw = [layer.tensor for layer in rank_layers(calibrated, images_cal[:100], HEAD + ("DEPTHWISE_CONV_2D",))
+                 if "Conv_1" not in layer.tensor]  # the 1280-channel 1x1 conv: 1.2 MB more in float
+    chosen = choose_float_layers(calibrated, chooser, HEAD, k, print, max_growth=None).layers  # no size bound
+    out = {mode: convert_model(source, MODES[mode]) for mode in ("float32", "float16")}
+    out["full_int8 (uint8 out)"] = quantize(calibrated, "uint8", "uint8")
+    out["head float"] = quantize(calibrated, "uint8", "float32", HEAD)
+    out[OLD] = quantize(calibrated, "uint8", "float32", HEAD, tuple(r.tensor for r in debugger[:3]))
+    for n in sorted({3, DEFAULT_FLOAT_LAYERS, len(chosen)}):
+        name = DEFAULT if n == DEFAULT_FLOAT_LAYERS else f"head + {n} chosen by logit effect"
+        out[name] = quantize(calibrated, "uint8", "float32", HEAD, chosen[:n])
+    out["head + every depthwise + 24 debugger-worst"] = quantize(calibrated, "uint8", "float32",
+                                                                 HEAD + ("DEPTHWISE_CONV_2D",), tuple(ranked_dw[:24]))
+    if int16:
+        out["16x8 (int16 activations, float I/O)"] = int16_model(source, images_cal)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--calibration-images", type=int, default=300)
+    parser.add_argument("--float-layers", type=int, default=10, help="longest greedy choice to measure")
+    parser.add_argument("--int16", action="store_true", help="also 16x8 (slow: reference kernels)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
 
     run = RunDir.open(args.run_dir)
     model = load_keras(run / MODEL)
     images_cal = calibration_images(run, args.calibration_images)
-    calibrated = calibrate(model, representative_dataset(images_cal))
     split, photos = held_out(run)
     images, y = photos.decode()  # the test split: a bounded set
-    keras_probs = model.predict(images.astype(np.float32), verbose=0, batch_size=32)
+    keras_probs = keras_probabilities(model, images)
     keras_top, keras_acc = keras_probs.argmax(1), float((keras_probs.argmax(1) == y).mean())
-
-    ranked = rank_layers(calibrated, images_cal[:100], HEAD)
-    ranked_dw = [layer.tensor for layer in rank_layers(calibrated, images_cal[:100], HEAD + ("DEPTHWISE_CONV_2D",))
-                 if "Conv_1" not in layer.tensor]  # the 1280-channel 1x1 conv: 1.2 MB more in float
-    choices = {"full_int8 (uint8 out)": ("uint8", (), ())}
-    choices.update({f"head float, {k} worst float": ("float32", HEAD, tuple(r.tensor for r in ranked[:k]))
-                    for k in (0, 3, 5, 8)})
-    choices.update({f"head + depthwise float, {k} worst float": ("float32", HEAD + ("DEPTHWISE_CONV_2D",),
-                                                                 tuple(ranked_dw[:k])) for k in (0, 10, 24)})
-    rows = []
+    with exported(model) as source:
+        calibrated = calibrate(source, representative_dataset(images_cal))
+        chooser = selection_images(run)
+        files = choices(source, calibrated, images_cal, images_cal if chooser is None else chooser,
+                        args.float_layers, args.int16)
     print(f"{split} split, {len(y)} photos, Keras accuracy {keras_acc:.4f}")
+    rows, p50s = [], {name: [] for name in files}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, (out_type, ops, nodes) in choices.items():
-            data = quantize(calibrated, "uint8", out_type, ops, nodes)
-            path = Path(tmp) / "m.tflite"
-            path.write_bytes(data)
-            probs = tflite_probabilities(path, images)
-            timing = time_invoke(make_interpreter(path, num_threads=2), runs=50, warmup=5)
-            row = {"choice": name, "size_mb": size_mb(len(data)),
-                   "agreement": round(float((probs.argmax(1) == keras_top).mean()) * 100, 2),
-                   "delta_acc": round((float((probs.argmax(1) == y).mean()) - keras_acc) * 100, 2),
-                   "max_abs_dp": round(float(np.abs(probs - keras_probs).max()), 3),
-                   "p50_ms": round(timing.p50_ms, 2)}
-            rows.append(row)
-            print(f"{name:40s} {row['size_mb']:6.2f} MB  agree {row['agreement']:6.2f} %  "
-                  f"dacc {row['delta_acc']:+.2f}  max|dp| {row['max_abs_dp']:.3f}  p50 {row['p50_ms']:.2f} ms",
-                  flush=True)
+        paths = {}
+        for i, (name, data) in enumerate(files.items()):
+            paths[name] = Path(tmp) / f"m{i}.tflite"
+            paths[name].write_bytes(data)
+            probs = tflite_probabilities(paths[name], images, threads=2)
+            rows.append({"choice": name, "size_mb": size_mb(len(data)),
+                         "agreement": round(float((probs.argmax(1) == keras_top).mean()) * 100, 2),
+                         "delta_acc": round((float((probs.argmax(1) == y).mean()) - keras_acc) * 100, 2),
+                         "logit_error": round(logit_error(probs, keras_probs), 4),
+                         "max_abs_dp": round(float(np.abs(probs - keras_probs).max()), 3)})
+        for _ in range(3):
+            for name, path in paths.items():
+                p50s[name].append(time_invoke(make_interpreter(path, num_threads=2), runs=20, warmup=3).p50_ms)
+    p50 = {name: float(np.median(v)) for name, v in p50s.items()}
+    for row in rows:
+        row.update(p50_ms=round(p50[row["choice"]], 2), x_default=round(p50[row["choice"]] / p50[DEFAULT], 2),
+                   x_float32=round(p50[row["choice"]] / p50["float32"], 2))
+        print(f"{row['choice']:46s} {row['size_mb']:5.2f} MB  agree {row['agreement']:6.2f} %  "
+              f"dacc {row['delta_acc']:+.2f}  logit err {row['logit_error']:.4f}  p50 {row['p50_ms']:6.2f} ms "
+              f"({row['x_default']:.2f}x default, {row['x_float32']:.2f}x float32)", flush=True)
     if args.out:
         args.out.write_text(json.dumps({"run_dir": str(run.path), "split": split, "n": len(y),
                                         "keras_accuracy": keras_acc, "rows": rows}, indent=2) + "\n")

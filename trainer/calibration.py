@@ -55,6 +55,23 @@ def calibration_images(run: RunDir, n: int, seed: int = 0) -> np.ndarray:
     return images
 
 
+SELECTION_IMAGES = 500  # at most this many val photos (evenly spaced): bounded memory on any dataset
+
+
+def selection_images(run: RunDir, limit: int = SELECTION_IMAGES) -> np.ndarray | None:
+    """The validation photos, on which int8 chooses the layers it keeps in float (None: the run has
+    none). Not the calibration photos: their activations lie inside the calibrated ranges by
+    construction, so clipping error never shows on them (tf_flowers, the test split: 97.8 %
+    agreement when chosen on the calibration photos, 98.8 % on the val photos)."""
+    paths = run.splits.paths("val")
+    if len(paths) > limit:
+        paths = [paths[i] for i in np.linspace(0, len(paths) - 1, limit).round().astype(int)]
+    if not paths:
+        return None
+    images, ok, _ = data.load_images(paths, run.spec)
+    return images[ok] if ok.any() else None
+
+
 def representative_dataset(images: np.ndarray) -> Callable:
     """The converter's calibration input: one float32 0..255 image a step, as model.keras takes."""
     return lambda: ([image[None].astype(np.float32)] for image in images)

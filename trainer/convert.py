@@ -15,17 +15,18 @@ import numpy as np
 
 from edge.metadata import read_metadata
 from trainer import atomic
-from trainer.calibration import DEFAULT_CALIBRATION_IMAGES, calibration_images, representative_dataset
+from trainer.calibration import (DEFAULT_CALIBRATION_IMAGES, calibration_images, representative_dataset,
+                                 selection_images)
 from trainer.metadata import MetadataInfo, add_metadata
 from trainer.model_io import load_keras
 from trainer.run_dir import MODEL, RunDir
-from trainer.sensitivity import rank_layers, short_name
+from trainer.sensitivity import choose_float_layers, short_name
 from trainer.tflite import ConversionError, calibrate, converter_for, exported, quantize, run_converter
 from trainer.variants import MODES, Quantization, Verification, verify
-
-# int8 keeps this many of its most quantization-sensitive layers in float (README: measured)
-DEFAULT_FLOAT_LAYERS = 3
 from trainer.version import package_version
+
+# int8 keeps this many layers in float, chosen by their effect on the logits (README: measured)
+DEFAULT_FLOAT_LAYERS = 6
 
 
 def convert_model(source, quant: Quantization) -> bytes:
@@ -45,10 +46,14 @@ class Calibrated:
     float_layers: tuple[str, ...]
 
     @classmethod
-    def of(cls, source, images: np.ndarray, float_layers: int) -> "Calibrated":
+    def of(cls, source, images: np.ndarray, float_layers: int, chooser: np.ndarray | None = None,
+           log: Callable[[str], None] = lambda line: None) -> "Calibrated":
+        """Calibrate on ``images``; choose the float layers on ``chooser`` (else on ``images``)."""
         calibrated = calibrate(source, representative_dataset(images))
-        worst = rank_layers(calibrated, images, MODES["int8"].float_ops)[:float_layers] if float_layers else []
-        return cls(calibrated, len(images), tuple(layer.tensor for layer in worst))
+        chooser = images if chooser is None else chooser
+        chosen = (choose_float_layers(calibrated, chooser, MODES["int8"].float_ops, float_layers, log).layers
+                  if float_layers else ())
+        return cls(calibrated, len(images), chosen)
 
     def quantized(self, quant: Quantization) -> bytes:
         return quantize(self.model, quant.io_dtype, quant.output_dtype, quant.float_ops,
@@ -110,7 +115,8 @@ def export(run_dir: str | Path, modes: list[str], calibration_count: int = DEFAU
         if any(MODES[m].calibrated for m in modes):
             t0 = time.perf_counter()
             keep = float_layers if any(MODES[m].float_layers for m in modes) else 0
-            calibrated = Calibrated.of(source, calibration_images(run, calibration_count, seed), keep)
+            calibrated = Calibrated.of(source, calibration_images(run, calibration_count, seed), keep,
+                                       selection_images(run) if keep else None, log)
             kept = (f"; int8 keeps float: {', '.join(short_name(t) for t in calibrated.float_layers)}"
                     if calibrated.float_layers else "")
             log(f"calibrated on {calibrated.images} photos ({time.perf_counter() - t0:.1f} s){kept}")

@@ -34,7 +34,7 @@ class Quantization:
     float_ops: op types kept in float inside a calibrated model (the head: FULLY_CONNECTED and
         SOFTMAX, so logits and probabilities are not squeezed onto a 256-level grid, which made
         exact ties; the head is 0.02 MB of weights).
-    float_layers: keep the most quantization-sensitive layers in float (the int8 mode's knob).
+    float_layers: keep the layers whose float copy most lowers the logit error in float (int8's knob).
     integer_only: every op runs in integer arithmetic (no float tensors, no DEQUANTIZE).
     gate: the default parity gate against model.keras on the held-out split: max |dp| for float
         copies; min agreement (%) and min accuracy change (points) for quantized ones.
@@ -76,9 +76,10 @@ class Quantization:
         return cls("int8", "int8 math, uint8 pixels in, float32 probabilities out (softmax in float): "
                    "phones and Raspberry Pi CPUs", weights="int8", io_dtype="uint8", output_dtype="float32",
                    optimize=True, calibrated=True, float_ops=("FULLY_CONNECTED", "SOFTMAX"), float_layers=True,
-                   # 99 % / -0.3 is the aim; post-training int8 of a head-only MobileNetV2 reaches it only
-                   # with most of the network in float (README: measured), so the gate stays at 97 / -1
-                   gate_min_agreement=97.0, gate_min_delta_acc=-1.0)
+                   # 99 % / -0.3 is the aim; the head-only tf_flowers model reaches 98.8 % / +0.17 with six
+                   # layers in float, 99 % only with most of the network float, bigger than float16 and
+                   # nearly as slow (README: measured), so the gate is 98 % / -0.5
+                   gate_min_agreement=98.0, gate_min_delta_acc=-0.5)
 
     @classmethod
     def full_int8(cls) -> "Quantization":
