@@ -94,6 +94,7 @@ def extraction_throughput(data: Path, n: int = 256) -> dict:
     from trainer import features
     from trainer.backbones import build_backbone
     from trainer.config import BackboneConfig
+    from trainer.feature_cache import FeatureCache
 
     _, samples = dataset.scan(data)
     pick = [data / samples[i].path for i in np.linspace(0, len(samples) - 1, n).astype(int)]
@@ -103,9 +104,10 @@ def extraction_throughput(data: Path, n: int = 256) -> dict:
     t = time.perf_counter()
     model.predict(images.astype(np.float32), batch_size=32, verbose=0)
     keras_ips = n / (time.perf_counter() - t)
-    features.extract(model, images[:8], desc=None)  # converts (or finds) the cached TFLite copy
+    extractor = features.Extractor(model, FeatureCache.default())
+    extractor(images[:8])  # converts (or finds) the cached TFLite copy
     t = time.perf_counter()
-    features.extract(model, images, desc=None)
+    extractor(images)
     return {"keras_predict_img_s": keras_ips, "tflite_img_s": n / (time.perf_counter() - t)}
 
 

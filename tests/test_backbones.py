@@ -13,6 +13,7 @@ from tests.paths import SHARED_DATA, SMALL_FLOWERS
 from trainer import data, features
 from trainer.backbones import SHIPPED_WEIGHTS, BackboneError, build_backbone
 from trainer.config import BackboneConfig
+from trainer.feature_cache import FeatureCache
 
 SLIM = SHARED_DATA / "keras_mobilenet_v2" / "slim_npy_1.0_224"
 
@@ -54,9 +55,10 @@ def test_shipped_features_separate_flower_classes_and_random_init_does_not():
     y = np.array([s.label for s in samples])
     import keras
 
-    shipped = features.extract(build_backbone(BackboneConfig()).feature_model(), images, desc=None)
+    cache = FeatureCache.default()
+    shipped = features.Extractor(build_backbone(BackboneConfig()).feature_model(), cache)(images)
     keras.utils.set_random_seed(0)  # random conv features still see colour: 0.34-0.57 over seeds 0-3
-    random = features.extract(build_backbone(BackboneConfig(weights="none")).feature_model(), images, desc=None)
+    random = features.Extractor(build_backbone(BackboneConfig(weights="none")).feature_model(), cache)(images)
     shipped_acc, random_acc = _knn_accuracy(shipped, y), _knn_accuracy(random, y)
     assert shipped_acc >= 0.75
     assert random_acc <= 0.6 and shipped_acc - random_acc >= 0.2
