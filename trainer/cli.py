@@ -138,7 +138,7 @@ def convert(
     float32_max_dp: Optional[float] = typer.Option(None, help="Gate: max |p_tflite - p_keras| of float32 [1e-4]."),
     float16_max_dp: Optional[float] = typer.Option(None, help="Gate: max |p_tflite - p_keras| of float16 [0.05]."),
     min_delta_acc: Optional[float] = typer.Option(None, help="Gate of every quantized variant: accuracy change vs "
-                                                  "Keras, points [int8 -0.5; dynamic -1; full_int8 -1.5]."),
+                                                  "Keras, points [int8, dynamic -1; full_int8 -1.5]."),
     min_agreement: Optional[float] = typer.Option(None, help="Gate of every quantized variant: % of photos with "
                                                   "Keras' top-1 [int8 98; dynamic 97; full_int8 95]."),
     author: str = typer.Option("edge-transfer", help="Metadata author."),
