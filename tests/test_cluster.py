@@ -164,7 +164,7 @@ def test_two_workers_on_loopback_pass_the_barrier_and_end_with_identical_weights
 
 @pytest.mark.slow
 def test_a_killed_worker_fails_the_other_with_one_line_in_bounded_time(tmp_path):
-    procs = _start_workers(tmp_path, "--epochs", "20", timeout_s="300")  # the heartbeat, not the timeout, must tell
+    procs = _start_workers(tmp_path, "--epochs", "20", timeout_s="300")  # the loss, not the timeout, must tell
     try:
         for line in procs[1].stdout:
             if line.startswith("training"):
@@ -180,7 +180,9 @@ def test_a_killed_worker_fails_the_other_with_one_line_in_bounded_time(tmp_path)
                 p.kill()
     assert procs[0].returncode == 2, err[-3000:]
     last = err.strip().splitlines()[-1]
-    assert last.startswith("error: worker 1 lost (stopped sending heartbeats") and "rerun every worker" in last, last
+    # heartbeats or a refused connection, whichever TensorFlow notices first: both name the worker
+    assert last.startswith("error: worker 1 lost (") and "killed, crashed or unreachable" in last, last
+    assert "rerun every worker" in last, last
     assert seconds < 90, seconds
 
 
