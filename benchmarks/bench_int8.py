@@ -9,10 +9,13 @@ model.keras, accuracy change, logit error (trainer.sensitivity.logit_error), inv
 three interleaved rounds, median, so load on a shared machine hits every row alike) and its ratio
 to the int8 default and to float32. Choices: float32 and float16 (references); the all-integer
 file (full_int8); the head (FULLY_CONNECTED, SOFTMAX) in float; plus the 3 layers the
-QuantizationDebugger ranks worst by their own error (the old default); plus the first K layers
-int8 now chooses greedily by their effect on the logits on the val split (here without int8's
-size bound, MAX_GROWTH, so the longer choices show what it would cost); plus every depthwise
-convolution and the 24 worst others; with --int16, 16x8 (int16 activations, float I/O).
+QuantizationDebugger ranks worst by their own error; plus the first 1, 3, 6 and K layers int8
+chooses greedily by their effect on the logits on the val split (here without int8's size bound,
+MAX_GROWTH, so the longer choices show what it would cost); plus every depthwise convolution and
+the 24 worst others; with --int16, 16x8 (int16 activations, float I/O). The row `convert` would
+ship for RUN_DIR is marked default: the head alone for a model trained on the int8 grid
+(trainer.int8_grid), else the head + 6 chosen. Run it on a run trained with and one trained
+without --int8-grid to compare the two.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import numpy as np  # noqa: E402
 from edge.benchmark import size_mb, time_invoke  # noqa: E402
 from edge.runtime import make_interpreter  # noqa: E402
 from trainer.calibration import calibration_images, representative_dataset, selection_images  # noqa: E402
-from trainer.convert import DEFAULT_FLOAT_LAYERS, convert_model  # noqa: E402
+from trainer.convert import OFF_GRID_FLOAT_LAYERS, convert_model, default_float_layers  # noqa: E402
 from trainer.model_io import keras_probabilities, load_keras  # noqa: E402
 from trainer.parity import held_out, tflite_probabilities  # noqa: E402
 from trainer.run_dir import MODEL, RunDir  # noqa: E402
@@ -42,7 +45,7 @@ from trainer.tflite import calibrate, converter_for, exported, quantize, run_con
 from trainer.variants import MODES  # noqa: E402
 
 HEAD = ("FULLY_CONNECTED", "SOFTMAX")
-DEFAULT = f"head + {DEFAULT_FLOAT_LAYERS} chosen by logit effect (default)"
+HEAD_ONLY = "head float"
 OLD = "head + 3 debugger-worst (old default)"
 
 
@@ -58,6 +61,10 @@ def int16_model(source, images: np.ndarray) -> bytes:
     return run_converter(converter)
 
 
+def chosen_name(n: int) -> str:
+    return HEAD_ONLY if n == 0 else f"head + {n} chosen by logit effect"
+
+
 def choices(source, calibrated: bytes, images_cal: np.ndarray, chooser: np.ndarray, k: int,
             int16: bool) -> dict[str, bytes]:
     debugger = rank_layers(calibrated, images_cal[:100], HEAD)
@@ -66,11 +73,10 @@ def choices(source, calibrated: bytes, images_cal: np.ndarray, chooser: np.ndarr
     chosen = choose_float_layers(calibrated, chooser, HEAD, k, print, max_growth=None).layers  # no size bound
     out = {mode: convert_model(source, MODES[mode]) for mode in ("float32", "float16")}
     out["full_int8 (uint8 out)"] = quantize(calibrated, "uint8", "uint8")
-    out["head float"] = quantize(calibrated, "uint8", "float32", HEAD)
+    out[HEAD_ONLY] = quantize(calibrated, "uint8", "float32", HEAD)
     out[OLD] = quantize(calibrated, "uint8", "float32", HEAD, tuple(r.tensor for r in debugger[:3]))
-    for n in sorted({3, DEFAULT_FLOAT_LAYERS, len(chosen)}):
-        name = DEFAULT if n == DEFAULT_FLOAT_LAYERS else f"head + {n} chosen by logit effect"
-        out[name] = quantize(calibrated, "uint8", "float32", HEAD, chosen[:n])
+    for n in sorted({1, 3, OFF_GRID_FLOAT_LAYERS, len(chosen)} - {0}):
+        out[chosen_name(n)] = quantize(calibrated, "uint8", "float32", HEAD, chosen[:n])
     out["head + every depthwise + 24 debugger-worst"] = quantize(calibrated, "uint8", "float32",
                                                                  HEAD + ("DEPTHWISE_CONV_2D",), tuple(ranked_dw[:24]))
     if int16:
@@ -116,10 +122,12 @@ def main(argv: list[str] | None = None) -> int:
             for name, path in paths.items():
                 p50s[name].append(time_invoke(make_interpreter(path, num_threads=2), runs=20, warmup=3).p50_ms)
     p50 = {name: float(np.median(v)) for name, v in p50s.items()}
+    default = chosen_name(default_float_layers(run))
     for row in rows:
-        row.update(p50_ms=round(p50[row["choice"]], 2), x_default=round(p50[row["choice"]] / p50[DEFAULT], 2),
-                   x_float32=round(p50[row["choice"]] / p50["float32"], 2))
-        print(f"{row['choice']:46s} {row['size_mb']:5.2f} MB  agree {row['agreement']:6.2f} %  "
+        name = row["choice"]
+        row.update(default=name == default, p50_ms=round(p50[name], 2), x_default=round(p50[name] / p50[default], 2),
+                   x_float32=round(p50[name] / p50["float32"], 2))
+        print(f"{row['choice'] + (' (default)' if row['default'] else ''):46s} {row['size_mb']:5.2f} MB  agree {row['agreement']:6.2f} %  "
               f"dacc {row['delta_acc']:+.2f}  logit err {row['logit_error']:.4f}  p50 {row['p50_ms']:6.2f} ms "
               f"({row['x_default']:.2f}x default, {row['x_float32']:.2f}x float32)", flush=True)
     if args.out:

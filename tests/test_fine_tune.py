@@ -90,3 +90,25 @@ def test_a_killed_fine_tune_resumes_after_its_last_saved_epoch(tmp_path):
     assert [len(v) for v in history.values()] == [3, 3, 3, 3]
     assert f"{history['loss'][0]:.4f}" == epoch_1  # the killed run's epoch, restored from the checkpoint
     assert not (checkpoint / "worker_0").exists()
+
+
+def test_cosine_schedule_warms_up_over_the_first_epoch_and_decays_to_zero():
+    from trainer.backbones import BackboneError
+    from trainer.config import TrainConfig
+    from trainer.fine_tune import learning_rate
+
+    assert learning_rate(TrainConfig(fine_tune_learning_rate=1e-4), 10) == 1e-4
+    schedule = learning_rate(TrainConfig(fine_tune_learning_rate=1e-4, fine_tune_epochs=4,
+                                         fine_tune_schedule="cosine"), 10)
+    lr = [float(schedule(step)) for step in range(41)]
+    assert lr[0] == 0.0 and lr[5] == pytest.approx(5e-5) and lr[10] == pytest.approx(1e-4)
+    assert all(b < a for a, b in zip(lr[10:40], lr[11:41])) and lr[40] == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(BackboneError, match="--fine-tune-schedule must be one of constant, cosine"):
+        learning_rate(TrainConfig(fine_tune_schedule="linear"), 10)
+
+
+def test_an_unknown_schedule_is_refused_before_any_work():
+    from trainer.config import train_config
+
+    with pytest.raises(ValueError, match="--fine-tune-schedule must be one of constant, cosine, got 'linear'"):
+        train_config("best", fine_tune_schedule="linear")

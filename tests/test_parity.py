@@ -54,11 +54,11 @@ def test_thresholds_fail_exactly_past_their_bounds(fake_model):
 def test_default_thresholds_match_the_documented_gate():
     t = default_thresholds()
     assert t["float32"] == Thresholds(max_abs_dp=1e-4) and t["float16"] == Thresholds(max_abs_dp=0.05)
-    assert t["int8"] == Thresholds(min_delta_acc=-1.0, min_agreement=98.0)
+    assert t["int8"] == Thresholds(min_delta_acc=-0.3, min_agreement=99.0)
     assert t["dynamic"] == Thresholds(min_delta_acc=-1.0, min_agreement=97.0)
-    assert t["full_int8"] == Thresholds(min_delta_acc=-1.5, min_agreement=95.0)  # all-integer: looser
+    assert t["full_int8"] == Thresholds(min_delta_acc=-1.0, min_agreement=97.0)  # all-integer: looser
     given = default_thresholds(min_agreement=90.0)
-    assert given["int8"] == Thresholds(min_delta_acc=-1.0, min_agreement=90.0)
+    assert given["int8"] == Thresholds(min_delta_acc=-0.3, min_agreement=90.0)
     assert given["full_int8"].min_agreement == 90.0 and given["float32"] == t["float32"]
 
 

@@ -11,6 +11,7 @@ so hub backbones train the head but cannot be fine-tuned.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from trainer.config import BackboneConfig
+from trainer.int8_grid import snap_to_int8_grid
 
 SHIPPED_WEIGHTS = Path(__file__).parent / "assets" / "mobilenet_v2_1.0_224_no_top.npz"
 
@@ -202,15 +204,27 @@ def build_hub(cfg: BackboneConfig) -> Backbone:
     return Backbone(keras.Model(inputs, layer(inputs), name="hub_base"), "unit", cfg.image_size, fine_tunable=False)
 
 
+def is_hub(name: str) -> bool:
+    """A SavedModel backbone (hub:PATH or a TF Hub / Kaggle URL): weights not Keras layers."""
+    return name.startswith(("hub:", "https://", "http://"))
+
+
+def resolved(cfg: BackboneConfig) -> BackboneConfig:
+    """The configuration as it will be built: hub backbones cannot be put on the int8 grid."""
+    return dataclasses.replace(cfg, int8_grid=False) if is_hub(cfg.name) else cfg
+
+
 def build_backbone(cfg: BackboneConfig) -> Backbone:
-    """Validated factory: arguments are checked first, errors echo what was received."""
+    """Validated factory: arguments are checked first, errors echo what was received. Hub
+    SavedModels keep their weights as they are (int8_grid applies to Keras layers)."""
     if not 32 <= cfg.image_size <= 1024:
         raise BackboneError(f"--image-size must be between 32 and 1024, got {cfg.image_size}")
-    if cfg.name.startswith(("hub:", "https://", "http://")):
+    if is_hub(cfg.name):
         return build_hub(cfg)
-    if cfg.name.lower() in ("mobilenet_v2", "mobilenetv2"):
-        return build_mobilenet_v2(cfg)
-    return build_application(cfg)
+    backbone = build_mobilenet_v2(cfg) if cfg.name.lower() in ("mobilenet_v2", "mobilenetv2") else build_application(cfg)
+    if cfg.int8_grid:
+        snap_to_int8_grid(backbone.base)
+    return backbone
 
 
 def weights_digest(model) -> str:

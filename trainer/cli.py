@@ -56,6 +56,8 @@ def train(
     weights: str = typer.Option("default", help="default | imagenet | PATH | none"),
     image_size: int = typer.Option(224, help="Square input size in pixels."),
     alpha: float = typer.Option(1.0, help="MobileNetV2 width multiplier (the shipped weights are for 1.0)."),
+    int8_grid: bool = typer.Option(True, help="Put the backbone's convolution weights on int8's grid, so the "
+                                   "int8 file agrees with model.keras (README: int8)."),
     epochs: int = typer.Option(2000, help="Max L-BFGS iterations of the head on cached features."),
     preset: str = typer.Option("fast", help="fast (head only) | best (fine-tunes from block_10_expand, lr 1e-4, "
                                "label smoothing 0.1); the flags below override it."),
@@ -63,6 +65,9 @@ def train(
     fine_tune_from: Optional[str] = typer.Option(None, help="Stage 2: unfreeze from this layer, e.g. block_13_expand."),
     fine_tune_epochs: Optional[int] = typer.Option(None, help="Max stage-2 epochs (early stopping on val loss) [6]."),
     fine_tune_learning_rate: Optional[float] = typer.Option(None, help="Stage-2 learning rate (Adam) [1e-5]."),
+    fine_tune_schedule: Optional[str] = typer.Option(None, help="Stage-2 learning rate: constant | cosine "
+                                                     "(warmup over epoch 1, then cosine decay) [constant]."),
+    dropout: Optional[float] = typer.Option(None, help="Dropout before the head while fine-tuning [0.0]."),
     flip_features: bool = typer.Option(False, help="Also cache features of mirrored photos (augmentation)."),
     label_smoothing: Optional[float] = typer.Option(None, help="[0.0]"),
     seed: int = typer.Option(42),
@@ -89,10 +94,11 @@ def train(
     else:
         cfg = RunConfig(
             data=DataConfig(str(data), val_split, test_split, min_per_class),
-            backbone=BackboneConfig(backbone, weights, image_size, alpha),
+            backbone=BackboneConfig(backbone, weights, image_size, alpha, int8_grid),
             train=_train_config(preset, epochs=epochs, fine_tune_layers=fine_tune_layers,
                                 fine_tune_from=fine_tune_from, fine_tune_epochs=fine_tune_epochs,
-                                fine_tune_learning_rate=fine_tune_learning_rate, flip_features=flip_features,
+                                fine_tune_learning_rate=fine_tune_learning_rate,
+                                fine_tune_schedule=fine_tune_schedule, dropout=dropout, flip_features=flip_features,
                                 label_smoothing=label_smoothing, tensorboard=tensorboard, threads=threads),
             seed=seed,
         )
@@ -133,14 +139,15 @@ def convert(
     mode: str = typer.Option("all", help="float32 | float16 | dynamic | int8 | full_int8 | all"),
     calibration_images: int = typer.Option(300, help="int8, full_int8: training photos to calibrate on "
                                            "(class-balanced, seeded)."),
-    int8_float_layers: int = typer.Option(6, help="int8: keep up to this many convolutions in float, chosen "
-                                          "greedily by how much each lowers the logit error on the val photos."),
+    int8_float_layers: Optional[int] = typer.Option(None, help="int8: keep up to this many convolutions in float, "
+                                                    "chosen greedily by how much each lowers the logit error on "
+                                                    "the val photos [0 for a model on the int8 grid, else 6]."),
     float32_max_dp: Optional[float] = typer.Option(None, help="Gate: max |p_tflite - p_keras| of float32 [1e-4]."),
     float16_max_dp: Optional[float] = typer.Option(None, help="Gate: max |p_tflite - p_keras| of float16 [0.05]."),
     min_delta_acc: Optional[float] = typer.Option(None, help="Gate of every quantized variant: accuracy change vs "
-                                                  "Keras, points [int8, dynamic -1; full_int8 -1.5]."),
+                                                  "Keras, points [int8 -0.3; dynamic, full_int8 -1]."),
     min_agreement: Optional[float] = typer.Option(None, help="Gate of every quantized variant: % of photos with "
-                                                  "Keras' top-1 [int8 98; dynamic 97; full_int8 95]."),
+                                                  "Keras' top-1 [int8 99; dynamic, full_int8 97]."),
     author: str = typer.Option("edge-transfer", help="Metadata author."),
     license: str = typer.Option("Apache-2.0", help="Metadata license."),
     seed: int = typer.Option(0, help="Seed of the calibration photo choice."),

@@ -21,12 +21,15 @@ class DataConfig:
 class BackboneConfig:
     """name: "mobilenet_v2", a keras.applications model name, a TF Hub / Kaggle URL, or "hub:PATH".
     weights: "default" (shipped for mobilenet_v2, else imagenet), "imagenet", a file, or "none".
-    image_size: square input side. alpha: MobileNetV2 width multiplier (1.0 has shipped weights)."""
+    image_size: square input side. alpha: MobileNetV2 width multiplier (1.0 has shipped weights).
+    int8_grid: convolution weights put on the grid int8 rounds them to (trainer.int8_grid), so
+    the int8 file agrees with the Keras model; keras.applications and mobilenet_v2 only."""
 
     name: str = "mobilenet_v2"
     weights: str = "default"
     image_size: int = 224
     alpha: float = 1.0
+    int8_grid: bool = True
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,9 @@ class TrainConfig:
     l2_grid: L2 strengths tried for the head; the best validation log-loss wins.
     flip_features: also cache features of mirrored photos (doubles extraction, more data).
     fine_tune_layers / fine_tune_from: stage 2, unfreeze the top N base layers or from a named
-    layer (e.g. "block_13_expand"); BatchNorm stays in inference mode."""
+    layer (e.g. "block_13_expand"); BatchNorm stays in inference mode.
+    fine_tune_schedule: "constant" learning rate, or "cosine": linear warmup over the first epoch,
+    then cosine decay to 0 at the last."""
 
     epochs: int = 2000
     dropout: float = 0.0
@@ -47,6 +52,7 @@ class TrainConfig:
     fine_tune_from: str | None = None
     fine_tune_epochs: int = 6
     fine_tune_learning_rate: float = 1e-5
+    fine_tune_schedule: str = "constant"
     fine_tune_patience: int = 2
     fine_tune_batch_size: int = 32
     tensorboard: bool = False
@@ -64,11 +70,17 @@ PRESETS: dict[str, dict] = {
 }
 
 
+SCHEDULES = ("constant", "cosine")
+
+
 def train_config(preset: str = "fast", **given) -> TrainConfig:
     """TrainConfig from a preset, then every given value that is not None on top."""
     if preset not in PRESETS:
         raise ValueError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
     values = {**PRESETS[preset], **{k: v for k, v in given.items() if v is not None}}
+    if values.get("fine_tune_schedule", "constant") not in SCHEDULES:
+        raise ValueError(f"--fine-tune-schedule must be one of {', '.join(SCHEDULES)}, "
+                         f"got {values['fine_tune_schedule']!r}")
     return TrainConfig(preset=preset, **values)
 
 
@@ -87,4 +99,5 @@ class RunConfig:
         known = set(TrainConfig.__dataclass_fields__)  # older runs' head-optimizer settings are obsolete
         train = {k: v for k, v in d["train"].items() if k in known}
         train["l2_grid"] = tuple(train.get("l2_grid", TrainConfig.l2_grid))
-        return cls(DataConfig(**d["data"]), BackboneConfig(**d["backbone"]), TrainConfig(**train), d["seed"])
+        backbone = {"int8_grid": False, **d["backbone"]}  # older runs: trained off the grid, repeated so
+        return cls(DataConfig(**d["data"]), BackboneConfig(**backbone), TrainConfig(**train), d["seed"])

@@ -19,14 +19,21 @@ from trainer.calibration import (DEFAULT_CALIBRATION_IMAGES, calibration_images,
                                  selection_images)
 from trainer.metadata import MetadataInfo, add_metadata
 from trainer.model_io import load_keras
+from trainer.ranges import RangeChoice, choose_ranges
 from trainer.run_dir import MODEL, RunDir
 from trainer.sensitivity import choose_float_layers, short_name
 from trainer.tflite import ConversionError, calibrate, converter_for, exported, quantize, run_converter
 from trainer.variants import MODES, Quantization, Verification, verify
 from trainer.version import package_version
 
-# int8 keeps this many layers in float, chosen by their effect on the logits (README: measured)
-DEFAULT_FLOAT_LAYERS = 6
+# int8 keeps this many layers in float, chosen by their effect on the logits, when the backbone's
+# weights are off the int8 grid (--no-int8-grid, older runs); on the grid it needs none (README)
+OFF_GRID_FLOAT_LAYERS = 6
+
+
+def default_float_layers(run: RunDir) -> int:
+    """0 for a model trained on the int8 grid (trainer.int8_grid), else OFF_GRID_FLOAT_LAYERS."""
+    return 0 if run.config.get("backbone", {}).get("int8_grid", False) else OFF_GRID_FLOAT_LAYERS
 
 
 def convert_model(source, quant: Quantization) -> bytes:
@@ -44,16 +51,20 @@ class Calibrated:
     model: bytes
     images: int
     float_layers: tuple[str, ...]
+    ranges: RangeChoice | None = None
 
     @classmethod
     def of(cls, source, images: np.ndarray, float_layers: int, chooser: np.ndarray | None = None,
            log: Callable[[str], None] = lambda line: None) -> "Calibrated":
-        """Calibrate on ``images``; choose the float layers on ``chooser`` (else on ``images``)."""
+        """Calibrate on ``images``; choose the activation ranges, then the float layers, on
+        ``chooser`` (else on ``images``)."""
         calibrated = calibrate(source, representative_dataset(images))
         chooser = images if chooser is None else chooser
+        calibrated, ranges = choose_ranges(calibrated, images, chooser, MODES["int8"].float_ops)
+        log(f"  activation ranges: {ranges.line()}")
         chosen = (choose_float_layers(calibrated, chooser, MODES["int8"].float_ops, float_layers, log).layers
                   if float_layers else ())
-        return cls(calibrated, len(images), chosen)
+        return cls(calibrated, len(images), chosen, ranges)
 
     def quantized(self, quant: Quantization) -> bytes:
         return quantize(self.model, quant.io_dtype, quant.output_dtype, quant.float_ops,
@@ -103,12 +114,14 @@ class Export:
 def export(run_dir: str | Path, modes: list[str], calibration_count: int = DEFAULT_CALIBRATION_IMAGES,
            seed: int = 0, author: str = "edge-transfer", license: str = "Apache-2.0",
            keras_model=None, log: Callable[[str], None] = print,
-           float_layers: int = DEFAULT_FLOAT_LAYERS) -> list[Export]:
+           float_layers: int | None = None) -> list[Export]:
     """Convert, verify, add metadata, verify again and write each mode's file atomically.
+    ``float_layers``: how many int8 may keep in float (None: :func:`default_float_layers`).
 
     Raises ConversionError (nothing written for that mode) when a file breaks its promises.
     """
     run = RunDir.open(run_dir)
+    float_layers = default_float_layers(run) if float_layers is None else float_layers
     model = keras_model or load_keras(run / MODEL)
     with exported(model) as source:
         calibrated = None
@@ -116,7 +129,7 @@ def export(run_dir: str | Path, modes: list[str], calibration_count: int = DEFAU
             t0 = time.perf_counter()
             keep = float_layers if any(MODES[m].float_layers for m in modes) else 0
             calibrated = Calibrated.of(source, calibration_images(run, calibration_count, seed), keep,
-                                       selection_images(run) if keep else None, log)
+                                       selection_images(run), log)
             kept = (f"; int8 keeps float: {', '.join(short_name(t) for t in calibrated.float_layers)}"
                     if calibrated.float_layers else "")
             log(f"calibrated on {calibrated.images} photos ({time.perf_counter() - t0:.1f} s){kept}")

@@ -26,7 +26,7 @@ import numpy as np
 from trainer import metrics
 from trainer.backbones import Backbone, BackboneError
 from trainer.cluster import Cluster, all_sum, cluster_errors
-from trainer.config import RunConfig
+from trainer.config import SCHEDULES, RunConfig
 from trainer.photos import Photos
 
 KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
@@ -65,6 +65,21 @@ def _augmenter(seed: int):
     ], name="augment")
 
 
+def learning_rate(t, steps_per_epoch: int):
+    """The optimizer's learning rate: a number, or warmup + cosine decay over every step (a
+    function of the optimizer's step count, so a resumed run continues the same curve)."""
+    import keras
+
+    if t.fine_tune_schedule not in SCHEDULES:
+        raise BackboneError(f"--fine-tune-schedule must be one of {', '.join(SCHEDULES)}, got {t.fine_tune_schedule!r}")
+    if t.fine_tune_schedule == "constant":
+        return t.fine_tune_learning_rate
+    total = steps_per_epoch * t.fine_tune_epochs
+    warmup = min(steps_per_epoch, total // 2)
+    return keras.optimizers.schedules.CosineDecay(0.0, max(1, total - warmup), warmup_target=t.fine_tune_learning_rate,
+                                                  warmup_steps=warmup)
+
+
 @dataclass(frozen=True)
 class Plan:
     """The shape of an epoch, the same on every worker."""
@@ -87,8 +102,8 @@ def fingerprint(cfg: RunConfig, train: Photos, val: Photos, n_classes: int, plan
     """What a checkpoint must match to be resumed: the fine-tuning recipe, data and cluster shape."""
     t = cfg.train
     recipe = {k: getattr(t, k) for k in ("fine_tune_layers", "fine_tune_from", "fine_tune_epochs",
-                                         "fine_tune_learning_rate", "fine_tune_patience", "label_smoothing",
-                                         "class_weights")}
+                                         "fine_tune_learning_rate", "fine_tune_schedule", "fine_tune_patience",
+                                         "label_smoothing", "class_weights", "dropout")}
     h = hashlib.sha256(json.dumps([recipe, asdict(cfg.backbone), cfg.seed, n_classes, asdict(plan),
                                    train.spec.to_dict()], sort_keys=True, default=str).encode())
     for photos in (train, val):
@@ -116,7 +131,8 @@ def _decode(photos: Photos, order: np.ndarray, weights: np.ndarray, n_classes: i
 
 def _train_dataset(strategy, train: Photos, weights, n_classes: int, plan: Plan, seed: int, epoch: int, augment):
     """This epoch's shuffled photos (seed + epoch: a resumed run sees the same order), each worker
-    reading its shard, exactly ``plan.steps`` batches per replica, augmented."""
+    reading its shard, exactly ``plan.steps`` batches per replica, augmented (the augmenter is
+    seeded per epoch too, so a resumed epoch draws what an uninterrupted one would)."""
     import tensorflow as tf
 
     order = np.random.default_rng(seed + epoch).permutation(len(train))
@@ -126,8 +142,9 @@ def _train_dataset(strategy, train: Photos, weights, n_classes: int, plan: Plan,
         return (ds.shard(ctx.num_input_pipelines, ctx.input_pipeline_id).repeat()
                 .map(load, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
                 .batch(ctx.get_per_replica_batch_size(plan.global_batch), drop_remainder=True)
-                .map(lambda x, y, w: (augment(tf.cast(x, tf.float32), training=True), y, w),
-                     num_parallel_calls=tf.data.AUTOTUNE)
+                # one batch at a time: parallel calls would draw the augmenter's random state in
+                # a racing order, and the same seed would give another model each run
+                .map(lambda x, y, w: (augment(tf.cast(x, tf.float32), training=True), y, w))
                 .take(plan.steps * plan.local_replicas).prefetch(tf.data.AUTOTUNE))
 
     return strategy.distribute_datasets_from_function(dataset_fn)
@@ -231,11 +248,11 @@ def _fine_tune(cfg, backbone, model, train, val, n_classes, strategy, cluster, c
     t = cfg.train
     unfreeze_top(backbone.base, t.fine_tune_layers, t.fine_tune_from)
     variables = model.trainable_variables
-    with strategy.scope():
-        optimizer = keras.optimizers.Adam(t.fine_tune_learning_rate)
-        optimizer.build(variables)
     plan = Plan(t.fine_tune_batch_size, strategy.num_replicas_in_sync, cluster.workers,
                 max(1, math.ceil(len(train) / (t.fine_tune_batch_size * strategy.num_replicas_in_sync))))
+    with strategy.scope():
+        optimizer = keras.optimizers.Adam(learning_rate(t, plan.steps))
+        optimizer.build(variables)
     class_weight = metrics.balanced_class_weights(train.labels, n_classes) if t.class_weights else None
     weights = (np.array([class_weight[int(c)] for c in train.labels], np.float32) if class_weight
                else np.ones(len(train), np.float32))
@@ -269,7 +286,6 @@ def _fine_tune(cfg, backbone, model, train, val, n_classes, strategy, cluster, c
         manager = _checkpoints(Path(checkpoint_dir), fingerprint(cfg, train, val, n_classes, plan), ckpt)
         start = _resume(strategy, manager, ckpt, t.fine_tune_epochs)
     _start_from_chief(strategy, cluster, variables)
-    augment = _augmenter(cfg.seed)
     val_ds = _val_dataset(val, cluster, n_classes, t.fine_tune_batch_size) if len(val) else None
     writer = tf.summary.create_file_writer(str(logdir)) if logdir is not None and cluster.is_chief else None
     for epoch in range(start, t.fine_tune_epochs):
@@ -277,6 +293,7 @@ def _fine_tune(cfg, backbone, model, train, val, n_classes, strategy, cluster, c
         if since and since >= t.fine_tune_patience:
             break  # a resumed run whose last saved epoch already stopped early
         t0 = time.perf_counter()
+        augment = _augmenter(cfg.seed + 1009 * epoch)
         iterator = iter(_train_dataset(strategy, train, weights, n_classes, plan, cfg.seed, epoch, augment))
         sums = np.zeros(3)
         bar = _bar(plan.steps, f"fine-tune {epoch + 1}/{t.fine_tune_epochs}")

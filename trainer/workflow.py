@@ -12,7 +12,7 @@ from typing import Callable
 
 from trainer import model_card, parity, report_html
 from trainer.calibration import DEFAULT_CALIBRATION_IMAGES
-from trainer.convert import DEFAULT_FLOAT_LAYERS, export
+from trainer.convert import export
 from trainer.data import DataError
 from trainer.model_io import load_keras
 from trainer.run_dir import MODEL, RunDir
@@ -21,11 +21,11 @@ from trainer.run_dir import MODEL, RunDir
 def convert_run(run_dir: str | Path, modes: list[str], calibration_count: int = DEFAULT_CALIBRATION_IMAGES,
                 thresholds: dict | None = None, seed: int = 0, threads: int | None = None,
                 author: str = "edge-transfer", license: str = "Apache-2.0",
-                log: Callable[[str], None] = print, float_layers: int = DEFAULT_FLOAT_LAYERS) -> parity.ParityReport:
+                log: Callable[[str], None] = print, float_layers: int | None = None) -> parity.ParityReport:
     """Export the variants, gate them on parity, write the model card. Returns the ParityReport
     of this invocation's variants (its ``passed`` is the gate)."""
     run = RunDir.open(run_dir)  # a bad RUN_DIR fails here, before TensorFlow loads
-    if float_layers < 0:
+    if float_layers is not None and float_layers < 0:
         raise DataError(f"--int8-float-layers must be >= 0, got {float_layers}")
     for stale in run.clean_stale_temps():
         log(f"removed {stale.name} (left by a run that was killed)")
