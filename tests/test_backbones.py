@@ -29,12 +29,20 @@ def test_shipped_weights_equal_the_slim_arrays():
             np.testing.assert_array_equal(shipped[f"{layer}/{i}"], np.load(SLIM / f"{name}.npy"), err_msg=name)
 
 
-def test_shipped_weights_land_in_the_keras_model():
-    backbone = build_backbone(BackboneConfig())
-    np.testing.assert_array_equal(backbone.base.get_layer("block_16_project").get_weights()[0],
-                                  np.load(SLIM / "expanded_conv_16_project_weights.npy"))
-    bn = backbone.base.get_layer("Conv_1_bn").get_weights()
+def test_shipped_weights_land_in_the_keras_model_and_the_grid_moves_them_by_under_half_a_step():
+    shipped = np.load(SLIM / "expanded_conv_16_project_weights.npy")
+    exact = build_backbone(BackboneConfig(int8_grid=False))
+    np.testing.assert_array_equal(exact.base.get_layer("block_16_project").get_weights()[0], shipped)
+    bn = exact.base.get_layer("Conv_1_bn").get_weights()
     np.testing.assert_array_equal(bn[3], np.load(SLIM / "Conv_1_BatchNorm_moving_variance.npy"))
+
+    snapped = build_backbone(BackboneConfig()).base  # the default: on the int8 grid
+    gamma, _, _, var = snapped.get_layer("block_16_project_BN").get_weights()
+    g = gamma / np.sqrt(var + snapped.get_layer("block_16_project_BN").epsilon)
+    moved = (snapped.get_layer("block_16_project").get_weights()[0] - shipped) * g
+    step = np.abs(shipped * g).max(axis=(0, 1, 2)) / 127
+    assert np.abs(moved).max() > 0 and np.all(np.abs(moved) <= step / 2 * (1 + 1e-4))
+    np.testing.assert_array_equal(snapped.get_layer("Conv_1_bn").get_weights()[3], bn[3])  # BatchNorm untouched
 
 
 def _knn_accuracy(feats: np.ndarray, y: np.ndarray, k: int = 5) -> float:

@@ -112,3 +112,10 @@ def test_an_unknown_schedule_is_refused_before_any_work():
 
     with pytest.raises(ValueError, match="--fine-tune-schedule must be one of constant, cosine, got 'linear'"):
         train_config("best", fine_tune_schedule="linear")
+
+
+def test_a_zoom_that_would_crop_everything_is_refused():
+    from trainer.config import train_config
+
+    with pytest.raises(ValueError, match="--fine-tune-zoom must be at least 0 and below 1, got 1.0"):
+        train_config("best", fine_tune_zoom=1.0)

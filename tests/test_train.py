@@ -126,8 +126,9 @@ def test_presets_set_their_recipe_and_explicit_flags_win():
 
     assert train_config("fast") == TrainConfig()  # today's head-only default
     best = train_config("best")
-    assert (best.fine_tune_from, best.fine_tune_epochs, best.fine_tune_learning_rate, best.label_smoothing) == \
-        ("block_10_expand", 6, 1e-4, 0.1) and best.preset == "best"
+    assert (best.fine_tune_from, best.fine_tune_epochs, best.fine_tune_learning_rate, best.label_smoothing,
+            best.fine_tune_schedule, best.dropout) == ("block_10_expand", 6, 1e-4, 0.1, "cosine", 0.2)
+    assert best.preset == "best"
     mine = train_config("best", fine_tune_learning_rate=3e-5, fine_tune_epochs=None)
     assert mine.fine_tune_learning_rate == 3e-5 and mine.fine_tune_epochs == 6
     with pytest.raises(ValueError, match="--preset must be one of fast, best"):

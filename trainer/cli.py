@@ -59,8 +59,8 @@ def train(
     int8_grid: bool = typer.Option(True, help="Put the backbone's convolution weights on int8's grid, so the "
                                    "int8 file agrees with model.keras (README: int8)."),
     epochs: int = typer.Option(2000, help="Max L-BFGS iterations of the head on cached features."),
-    preset: str = typer.Option("fast", help="fast (head only) | best (fine-tunes from block_10_expand, lr 1e-4, "
-                               "label smoothing 0.1); the flags below override it."),
+    preset: str = typer.Option("fast", help="fast (head only) | best (fine-tunes from block_10_expand, lr 1e-4 "
+                               "cosine, dropout 0.2, label smoothing 0.1); the flags below override it."),
     fine_tune_layers: Optional[int] = typer.Option(None, help="Stage 2: unfreeze the top N layers of the base."),
     fine_tune_from: Optional[str] = typer.Option(None, help="Stage 2: unfreeze from this layer, e.g. block_13_expand."),
     fine_tune_epochs: Optional[int] = typer.Option(None, help="Max stage-2 epochs (early stopping on val loss) [6]."),
@@ -68,6 +68,8 @@ def train(
     fine_tune_schedule: Optional[str] = typer.Option(None, help="Stage-2 learning rate: constant | cosine "
                                                      "(warmup over epoch 1, then cosine decay) [constant]."),
     dropout: Optional[float] = typer.Option(None, help="Dropout before the head while fine-tuning [0.0]."),
+    fine_tune_zoom: Optional[float] = typer.Option(None, help="Stage-2 augmentation: random crops down to "
+                                                   "(1 - zoom) of the side [0.15]."),
     flip_features: bool = typer.Option(False, help="Also cache features of mirrored photos (augmentation)."),
     label_smoothing: Optional[float] = typer.Option(None, help="[0.0]"),
     seed: int = typer.Option(42),
@@ -98,7 +100,8 @@ def train(
             train=_train_config(preset, epochs=epochs, fine_tune_layers=fine_tune_layers,
                                 fine_tune_from=fine_tune_from, fine_tune_epochs=fine_tune_epochs,
                                 fine_tune_learning_rate=fine_tune_learning_rate,
-                                fine_tune_schedule=fine_tune_schedule, dropout=dropout, flip_features=flip_features,
+                                fine_tune_schedule=fine_tune_schedule, dropout=dropout,
+                                fine_tune_zoom=fine_tune_zoom, flip_features=flip_features,
                                 label_smoothing=label_smoothing, tensorboard=tensorboard, threads=threads),
             seed=seed,
         )

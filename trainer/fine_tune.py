@@ -54,12 +54,13 @@ def unfreeze_top(base, n_layers: int, from_layer: str | None) -> int:
     return start
 
 
-def _augmenter(seed: int):
+def _augmenter(seed: int, zoom: float):
+    """Flip, a random crop of up to ``zoom`` of the side (zoomed back to full size), shift, brightness."""
     import keras
 
     return keras.Sequential([
         keras.layers.RandomFlip("horizontal", seed=seed),
-        keras.layers.RandomZoom((-0.15, 0.0), seed=seed + 1, fill_mode="reflect"),
+        keras.layers.RandomZoom((-zoom, 0.0), seed=seed + 1, fill_mode="reflect"),
         keras.layers.RandomTranslation(0.05, 0.05, seed=seed + 2, fill_mode="reflect"),
         keras.layers.RandomBrightness(0.1, value_range=(0, 255), seed=seed + 3),
     ], name="augment")
@@ -103,7 +104,7 @@ def fingerprint(cfg: RunConfig, train: Photos, val: Photos, n_classes: int, plan
     t = cfg.train
     recipe = {k: getattr(t, k) for k in ("fine_tune_layers", "fine_tune_from", "fine_tune_epochs",
                                          "fine_tune_learning_rate", "fine_tune_schedule", "fine_tune_patience",
-                                         "label_smoothing", "class_weights", "dropout")}
+                                         "label_smoothing", "class_weights", "dropout", "fine_tune_zoom")}
     h = hashlib.sha256(json.dumps([recipe, asdict(cfg.backbone), cfg.seed, n_classes, asdict(plan),
                                    train.spec.to_dict()], sort_keys=True, default=str).encode())
     for photos in (train, val):
@@ -293,7 +294,7 @@ def _fine_tune(cfg, backbone, model, train, val, n_classes, strategy, cluster, c
         if since and since >= t.fine_tune_patience:
             break  # a resumed run whose last saved epoch already stopped early
         t0 = time.perf_counter()
-        augment = _augmenter(cfg.seed + 1009 * epoch)
+        augment = _augmenter(cfg.seed + 1009 * epoch, t.fine_tune_zoom)
         iterator = iter(_train_dataset(strategy, train, weights, n_classes, plan, cfg.seed, epoch, augment))
         sums = np.zeros(3)
         bar = _bar(plan.steps, f"fine-tune {epoch + 1}/{t.fine_tune_epochs}")
