@@ -60,9 +60,9 @@ SELECTION_IMAGES = 500  # at most this many val photos (evenly spaced): bounded 
 
 def selection_images(run: RunDir, limit: int = SELECTION_IMAGES) -> np.ndarray | None:
     """The validation photos, on which int8 chooses its activation ranges and the layers it keeps
-    in float (None: the run has none). Not the calibration photos: their activations lie inside the calibrated ranges by
-    construction, so clipping error never shows on them (tf_flowers, the test split: 97.8 %
-    agreement when chosen on the calibration photos, 98.8 % on the val photos)."""
+    in float (None: the run has none). Not the calibration photos: their activations lie inside
+    the calibrated ranges by construction, so clipping error never shows on them (tf_flowers, the
+    test split: 97.8 % agreement when chosen on the calibration photos, 98.8 % on the val photos)."""
     paths = run.splits.paths("val")
     if len(paths) > limit:
         paths = [paths[i] for i in np.linspace(0, len(paths) - 1, limit).round().astype(int)]

@@ -19,7 +19,7 @@ from trainer.calibration import (DEFAULT_CALIBRATION_IMAGES, calibration_images,
                                  selection_images)
 from trainer.metadata import MetadataInfo, add_metadata
 from trainer.model_io import load_keras
-from trainer.ranges import RangeChoice, choose_ranges
+from trainer.ranges import choose_ranges
 from trainer.run_dir import MODEL, RunDir
 from trainer.sensitivity import choose_float_layers, short_name
 from trainer.tflite import ConversionError, calibrate, converter_for, exported, quantize, run_converter
@@ -51,7 +51,6 @@ class Calibrated:
     model: bytes
     images: int
     float_layers: tuple[str, ...]
-    ranges: RangeChoice | None = None
 
     @classmethod
     def of(cls, source, images: np.ndarray, float_layers: int, chooser: np.ndarray | None = None,
@@ -64,7 +63,7 @@ class Calibrated:
         log(f"  activation ranges: {ranges.line()}")
         chosen = (choose_float_layers(calibrated, chooser, MODES["int8"].float_ops, float_layers, log).layers
                   if float_layers else ())
-        return cls(calibrated, len(images), chosen, ranges)
+        return cls(calibrated, len(images), chosen)
 
     def quantized(self, quant: Quantization) -> bytes:
         return quantize(self.model, quant.io_dtype, quant.output_dtype, quant.float_ops,
