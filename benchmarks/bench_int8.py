@@ -36,7 +36,8 @@ import numpy as np  # noqa: E402
 from edge.benchmark import size_mb, time_invoke  # noqa: E402
 from edge.runtime import make_interpreter  # noqa: E402
 from trainer.calibration import calibration_images, representative_dataset, selection_images  # noqa: E402
-from trainer.convert import OFF_GRID_FLOAT_LAYERS, convert_model, default_float_layers  # noqa: E402
+from trainer.convert import OFF_GRID_FLOAT_LAYERS, default_float_layers  # noqa: E402
+from trainer.float_convert import convert_model  # noqa: E402
 from trainer.model_io import keras_probabilities, load_keras  # noqa: E402
 from trainer.parity import held_out, tflite_probabilities  # noqa: E402
 from trainer.run_dir import MODEL, RunDir  # noqa: E402

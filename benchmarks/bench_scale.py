@@ -6,11 +6,14 @@ each in its own process, side by side in one run:
   4x        each photo copied 4 times with distinct bytes (a few appended after the JPEG end
             marker: the same pixels, but nothing deduplicates), fresh cache
   2 workers 1x on two loopback workers (TF_CONFIG, MultiWorkerMirroredStrategy), fresh shared cache
+  fine-tune with --fine-tune-epochs N: `--preset best --fine-tune-epochs N` at 1x and at 4x (the
+            feature caches are warm by then: the rows measure fine-tuning's streaming pipeline)
 
 Reports wall time, wall time per photo and peak RSS (each process's own, from wait4), and the
 ratios the issue asks about: 4x/1x RSS and time per photo, warm/cold wall time.
 
-Usage: python benchmarks/bench_scale.py [--data DIR] [--copies 4] [--skip-workers] [--out bench_scale.json]
+Usage: python benchmarks/bench_scale.py [--data DIR] [--copies 4] [--skip-workers] [--fine-tune-epochs N]
+                                        [--out bench_scale.json]
 """
 
 from __future__ import annotations
@@ -45,11 +48,12 @@ def copies(src: Path, dst: Path, n: int) -> int:
     return count
 
 
-def train(data: Path, out: Path, cache: Path, extra_env: dict | None = None) -> subprocess.Popen:
+def train(data: Path, out: Path, cache: Path, extra_env: dict | None = None,
+          flags: tuple[str, ...] = ()) -> subprocess.Popen:
     env = {**os.environ, "EDGE_TRANSFER_CACHE": str(cache), "TF_CPP_MIN_LOG_LEVEL": "2", **(extra_env or {})}
     log = open(out.parent / f"{out.name}.log", "w")
-    return subprocess.Popen([sys.executable, "-m", "trainer", "train", "--data", str(data), "--out", str(out)],
-                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen([sys.executable, "-m", "trainer", "train", "--data", str(data), "--out", str(out),
+                             *flags], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 def wait(procs: list[subprocess.Popen], t0: float) -> tuple[float, float]:
@@ -87,6 +91,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=SHARED_DATA / "tf_flowers" / "train")
     ap.add_argument("--copies", type=int, default=4)
     ap.add_argument("--skip-workers", action="store_true", help="no 2-worker loopback run")
+    ap.add_argument("--fine-tune-epochs", type=int, default=0, help="add 1x and 4x rows that fine-tune N epochs")
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp dir, deleted)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "bench_scale.json")
     args = ap.parse_args()
@@ -114,6 +119,12 @@ def main() -> None:
                  for i in range(2)]
         wall, rss = wait(procs, t0)
         rows.append(row("1x, 2 workers", n1, wall, rss, work / "run_2w"))
+    if args.fine_tune_epochs:
+        flags = ("--preset", "best", "--fine-tune-epochs", str(args.fine_tune_epochs))
+        for name, folder, n in (("1x", args.data, n1), (f"{args.copies}x", big, n4)):
+            t0 = time.perf_counter()
+            wall, rss = wait([train(folder, work / f"run_{name}_ft", work / f"cache_{name}", flags=flags)], t0)
+            rows.append(row(f"{name} fine-tune", n, wall, rss, work / f"run_{name}_ft"))
 
     by = {r["run"]: r for r in rows}
     one, warm, many = by["1x"], by["1x warm"], by[f"{args.copies}x"]
@@ -123,11 +134,16 @@ def main() -> None:
         "warm_over_cold_wall": round(warm["wall_s"] / one["wall_s"], 3),
         "warm_same_accuracy": warm["test_accuracy"] == one["test_accuracy"],
     }
+    if "1x fine-tune" in by:
+        one_ft, many_ft = by["1x fine-tune"], by[f"{args.copies}x fine-tune"]
+        ratios[f"fine_tune_rss_{args.copies}x_over_1x"] = round(many_ft["peak_rss_mb"] / one_ft["peak_rss_mb"], 3)
+        ratios[f"fine_tune_time_per_photo_{args.copies}x_over_1x"] = round(
+            many_ft["ms_per_photo"] / one_ft["ms_per_photo"], 3)
     if "1x, 2 workers" in by:
         ratios["two_workers_over_one_wall"] = round(by["1x, 2 workers"]["wall_s"] / one["wall_s"], 3)
-    print(f"{'run':<14} {'photos':>7} {'wall s':>8} {'ms/photo':>9} {'peak RSS MB':>12} {'test acc':>9}")
+    print(f"{'run':<16} {'photos':>7} {'wall s':>8} {'ms/photo':>9} {'peak RSS MB':>12} {'test acc':>9}")
     for r in rows:
-        print(f"{r['run']:<14} {r['photos']:>7} {r['wall_s']:>8.1f} {r['ms_per_photo']:>9.2f} {r['peak_rss_mb']:>12} "
+        print(f"{r['run']:<16} {r['photos']:>7} {r['wall_s']:>8.1f} {r['ms_per_photo']:>9.2f} {r['peak_rss_mb']:>12} "
               f"{r['test_accuracy']:>9.4f}")
     print(json.dumps(ratios, indent=1))
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -114,6 +114,19 @@ def test_barrier_and_all_sum_on_one_worker():
     np.testing.assert_array_equal(all_sum(strategy, [1.5, 2.0]), [1.5, 2.0])
 
 
+def test_gather_rows_puts_a_share_in_place_and_refuses_a_short_one():
+    import tensorflow as tf
+
+    from trainer.cluster import gather_rows
+
+    strategy = tf.distribute.get_strategy()
+    rows = share(np.arange(5), Cluster(2, 1))
+    got = gather_rows(strategy, 5, rows, [[1.0, 2.0], [3.0, 4.0]])
+    np.testing.assert_array_equal(got, [[0, 0], [1, 2], [0, 0], [3, 4], [0, 0]])
+    with pytest.raises(ValueError, match="1 rows computed for a share of 2"):
+        gather_rows(strategy, 5, rows, [[1.0, 2.0]])
+
+
 def _free_ports(n: int) -> list[int]:
     sockets = [socket.socket() for _ in range(n)]
     for s in sockets:

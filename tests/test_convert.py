@@ -151,7 +151,7 @@ def test_tf_default_dynamic_range_model_would_not_load_in_tflite_runtime_2_14(co
     import tensorflow as tf
 
     from tests.client_venvs import run_client
-    from trainer.convert import convert_model
+    from trainer.float_convert import convert_model
     from trainer.variants import Quantization
     from trainer.data import read_splits
 

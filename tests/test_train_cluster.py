@@ -16,6 +16,10 @@ import pytest
 
 from tests.paths import REPO, SAMPLE_FLOWERS
 from tests.test_cluster import _free_ports
+from trainer import metrics
+from trainer.model_io import load_keras, photo_probabilities
+from trainer.photos import Photos
+from trainer.run_dir import RunDir
 
 FLAGS = ["--data", str(SAMPLE_FLOWERS), "--seed", "7", "--fine-tune-from", "block_16_expand",
          "--fine-tune-epochs", "1"]
@@ -71,6 +75,12 @@ def test_two_loopback_workers_match_one_process(tmp_path):
     assert two["splits"]["test"]["accuracy"] >= 0.7
     # every worker's checkpoints are gone after success
     assert not list((shared_cache / "checkpoints").rglob("*.index"))
+    # each worker evaluated its share of the fine-tuned model; the chief's report has them in place
+    run = RunDir(tmp_path / "run_2w")
+    model = load_keras(run.path / "model.keras")
+    for split in ("val", "test"):
+        probs = photo_probabilities(model, Photos.of(run.splits, split, run.spec))
+        assert two["splits"][split] == metrics.classification_report(run.splits.targets(split), probs, run.labels)
 
 
 @pytest.mark.slow

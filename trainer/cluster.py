@@ -197,6 +197,22 @@ def barrier(strategy, timeout_s: float = BARRIER_TIMEOUT_S) -> None:
         raise ClusterError(f"barrier counted {arrived} workers, expected {Cluster.of(strategy).workers}")
 
 
+def gather_rows(strategy, n: int, rows: np.ndarray, local: np.ndarray,
+                timeout_s: float = BARRIER_TIMEOUT_S) -> np.ndarray:
+    """The (n, k) array whose ``rows`` this worker computed as ``local`` and the others the rest
+    (disjoint shares, e.g. from :func:`share`), the same on every worker. Exact: each element is
+    one worker's value plus zeros. The timeout is a barrier's: the shares may finish unevenly."""
+    local = np.asarray(local, np.float32)
+    if len(local) != len(rows):
+        raise ValueError(f"gather_rows: {len(local)} rows computed for a share of {len(rows)}")
+    mine = np.zeros((n, local.shape[1]), np.float32)
+    mine[rows] = local
+    if Cluster.of(strategy).workers < 2:
+        return mine
+    with cluster_errors(Cluster.of(strategy), timeout_s):
+        return all_sum(strategy, mine.ravel(), timeout_s).reshape(mine.shape)
+
+
 def share(items: Sequence, cluster: Cluster) -> Sequence:
     """This worker's part of ``items`` (a list, tuple or array): every N-th from its rank.
 

@@ -6,6 +6,7 @@ raises :class:`ConversionError` (one line) and the previous file, if any, stays.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,8 @@ from trainer.model_io import load_keras
 from trainer.ranges import choose_ranges
 from trainer.run_dir import MODEL, RunDir
 from trainer.sensitivity import choose_float_layers, short_name
-from trainer.tflite import ConversionError, calibrate, converter_for, exported, quantize, run_converter
+from trainer.float_convert import Beside, beside, convert_model
+from trainer.tflite import ConversionError, calibrate, exported, quantize
 from trainer.variants import MODES, Quantization, Verification, verify
 from trainer.version import package_version
 
@@ -34,14 +36,6 @@ OFF_GRID_FLOAT_LAYERS = 6
 def default_float_layers(run: RunDir) -> int:
     """0 for a model trained on the int8 grid (trainer.int8_grid), else OFF_GRID_FLOAT_LAYERS."""
     return 0 if run.config.get("backbone", {}).get("int8_grid", False) else OFF_GRID_FLOAT_LAYERS
-
-
-def convert_model(source, quant: Quantization) -> bytes:
-    """A Keras model or its exported SavedModel -> TFLite bytes for an uncalibrated mode (no
-    metadata yet)."""
-    converter = converter_for(source)
-    quant.configure(converter)
-    return run_converter(converter)
 
 
 @dataclass(frozen=True)
@@ -113,18 +107,26 @@ class Export:
 def export(run_dir: str | Path, modes: list[str], calibration_count: int = DEFAULT_CALIBRATION_IMAGES,
            seed: int = 0, author: str = "edge-transfer", license: str = "Apache-2.0",
            keras_model=None, log: Callable[[str], None] = print,
-           float_layers: int | None = None) -> list[Export]:
+           float_layers: int | None = None, overlap: bool = True) -> list[Export]:
     """Convert, verify, add metadata, verify again and write each mode's file atomically.
     ``float_layers``: how many int8 may keep in float (None: :func:`default_float_layers`).
+    ``overlap``: the uncalibrated modes convert in a second process while this one calibrates.
 
     Raises ConversionError (nothing written for that mode) when a file breaks its promises.
     """
     run = RunDir.open(run_dir)
     float_layers = default_float_layers(run) if float_layers is None else float_layers
     model = keras_model or load_keras(run / MODEL)
-    with exported(model) as source:
+    calibrating = any(MODES[m].calibrated for m in modes)
+    floats = [m for m in modes if not MODES[m].calibrated]
+    with contextlib.ExitStack() as stack:
+        source = stack.enter_context(exported(model))
+        side = None
+        if overlap and calibrating and floats:
+            side = stack.enter_context(beside(source, floats))
+            log(f"converting {', '.join(floats)} in a second process while calibrating")
         calibrated = None
-        if any(MODES[m].calibrated for m in modes):
+        if calibrating:
             t0 = time.perf_counter()
             keep = float_layers if any(MODES[m].float_layers for m in modes) else 0
             calibrated = Calibrated.of(source, calibration_images(run, calibration_count, seed), keep,
@@ -132,14 +134,19 @@ def export(run_dir: str | Path, modes: list[str], calibration_count: int = DEFAU
             kept = (f"; int8 keeps float: {', '.join(short_name(t) for t in calibrated.float_layers)}"
                     if calibrated.float_layers else "")
             log(f"calibrated on {calibrated.images} photos ({time.perf_counter() - t0:.1f} s){kept}")
-        return [_export_one(run, mode, source, calibrated, author, license, log) for mode in modes]
+        if side is not None:
+            side.steal(floats)
+        return [_export_one(run, mode, source, calibrated, side, author, license, log) for mode in modes]
 
 
-def _export_one(run: RunDir, mode: str, source, calibrated: Calibrated | None, author: str, license: str,
-                log: Callable[[str], None]) -> Export:
+def _export_one(run: RunDir, mode: str, source, calibrated: Calibrated | None, side: Beside | None,
+                author: str, license: str, log: Callable[[str], None]) -> Export:
     quant = MODES[mode]
     t0 = time.perf_counter()
-    bare = calibrated.quantized(quant) if quant.calibrated else convert_model(source, quant)
+    if quant.calibrated:
+        bare = calibrated.quantized(quant)
+    else:
+        bare = side.get(mode) if side is not None else convert_model(source, quant)
     _raise_problems(mode, "after conversion", verify(bare, quant))
     try:
         final = add_metadata(bare, metadata_info(run, quant, author, license))

@@ -22,7 +22,7 @@ import numpy as np
 from edge.preprocess import PreprocessSpec
 from trainer import atomic, data, features, metrics, plots, report_html
 from trainer.backbones import Backbone, build_backbone, resolved
-from trainer.cluster import Cluster, barrier, make_strategy, share
+from trainer.cluster import Cluster, barrier, gather_rows, make_strategy, share
 from trainer.config import RunConfig
 from trainer.feature_cache import FeatureCache, cache_root
 from trainer.fine_tune import fine_tune, without_optimizer
@@ -168,14 +168,19 @@ def fit(cfg: RunConfig, backbone: Backbone, ds: Dataset, feats: Features, out: P
     return Trained(model, head, fine_tuned, history)
 
 
-def evaluate(trained: Trained, ds: Dataset, feats: Features, timer: Timer) -> dict[str, np.ndarray]:
+def evaluate(trained: Trained, ds: Dataset, feats: Features, timer: Timer, strategy=None) -> dict[str, np.ndarray]:
     """Probabilities per split. A head-only model scores on the cached features (the same network:
-    the float32 TFLite base matches Keras to 1e-6); a fine-tuned one runs whole, streaming photos."""
+    the float32 TFLite base matches Keras to 1e-6); a fine-tuned one runs whole, streaming photos,
+    and on several workers each runs its share of every split (they all hold the same weights)."""
     t0 = time.perf_counter()
+    cluster = Cluster.of(strategy) if strategy is not None else Cluster()
     probs = {}
     for name in SPLIT_NAMES:
         if trained.fine_tuned:
-            probs[name] = photo_probabilities(trained.model, feats.photos(name, ds.spec))
+            photos = feats.photos(name, ds.spec)
+            rows = share(np.arange(len(photos)), cluster)
+            mine = photo_probabilities(trained.model, photos.take(rows), progress=f"evaluate {name}")
+            probs[name] = gather_rows(strategy, len(photos), rows, mine) if cluster.workers > 1 else mine
         else:
             probs[name] = trained.head.probabilities(feats.by_split[name])
     timer.add("evaluate_s", t0)
@@ -267,8 +272,8 @@ def run(cfg: RunConfig, out: Path) -> dict | None:
             write_inputs(cfg, ds, feats.splits, out)
         if cluster.is_chief or fine_tuning:  # the others' share of the features is in the cache
             trained = fit(cfg, backbone, ds, feats, out, timer, strategy, checkpoint_dir(cfg, out, cluster))
+            probs = evaluate(trained, ds, feats, timer, strategy)  # fine-tuned: each worker its share
         if cluster.is_chief:
-            probs = evaluate(trained, ds, feats, timer)
             report = build_report(cfg, ds, feats, trained, probs, timer, cluster.workers)
             timer.seconds["total_s"] = time.perf_counter() - t_start
             write_outputs(out, trained, ds, feats, probs, report, timer)
