@@ -76,7 +76,7 @@ class Cluster:
 
     @classmethod
     def of(cls, strategy) -> "Cluster":
-        """The cluster a strategy runs on (one local worker unless it is multi-worker)."""
+        """The cluster a strategy runs on (one local worker unless it is multi-worker; None too)."""
         resolver = getattr(strategy, "cluster_resolver", None)
         spec = resolver.cluster_spec().as_dict() if resolver is not None else {}
         addresses = (*spec.get("chief", ()), *spec.get("worker", ()))
@@ -207,8 +207,6 @@ def gather_rows(strategy, n: int, rows: np.ndarray, local: np.ndarray,
         raise ValueError(f"gather_rows: {len(local)} rows computed for a share of {len(rows)}")
     mine = np.zeros((n, local.shape[1]), np.float32)
     mine[rows] = local
-    if Cluster.of(strategy).workers < 2:
-        return mine
     with cluster_errors(Cluster.of(strategy), timeout_s):
         return all_sum(strategy, mine.ravel(), timeout_s).reshape(mine.shape)
 

@@ -106,7 +106,7 @@ def extract_features(cfg: RunConfig, backbone: Backbone, ds: Dataset, work: Path
     cache = FeatureCache.default()
     extractor = features.Extractor(backbone.feature_model(), cache, cfg.train.threads or None)
     paths = [ds.root / s.path for s in ds.candidates]
-    cluster = Cluster.of(strategy) if strategy is not None else Cluster()
+    cluster = Cluster.of(strategy)
     if cluster.workers > 1:
         features.extract(paths, ds.spec, extractor, cache, None, rows=share(range(len(paths)), cluster),
                          progress=f"features (worker {cluster.rank} of {cluster.workers})")
@@ -173,7 +173,7 @@ def evaluate(trained: Trained, ds: Dataset, feats: Features, timer: Timer, strat
     the float32 TFLite base matches Keras to 1e-6); a fine-tuned one runs whole, streaming photos,
     and on several workers each runs its share of every split (they all hold the same weights)."""
     t0 = time.perf_counter()
-    cluster = Cluster.of(strategy) if strategy is not None else Cluster()
+    cluster = Cluster.of(strategy)
     probs = {}
     for name in SPLIT_NAMES:
         if trained.fine_tuned:
