@@ -26,10 +26,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from trainer.convert import export  # noqa: E402
-from trainer.model_io import load_keras  # noqa: E402
+from trainer.export.convert import export  # noqa: E402
+from trainer.export.variants import MODES  # noqa: E402
+from trainer.model.model_io import load_keras  # noqa: E402
 from trainer.run_dir import MODEL  # noqa: E402
-from trainer.variants import MODES  # noqa: E402
 
 
 def timed(run: Path, work: Path, overlap: bool, calibration_images: int, model) -> float:

@@ -29,8 +29,8 @@ from edge.benchmark import size_mb, time_folder, time_invoke, time_photos  # noq
 from edge.classifier import Classifier, ClassifierOptions  # noqa: E402
 from edge.preprocess import list_images  # noqa: E402
 from edge.runtime import make_interpreter  # noqa: E402
-
 from tests.paths import SHARED_DATA as DATA  # noqa: E402
+
 LAST = REPO / "runs" / "LAST"  # written by `make train`
 RUN_DIR = Path(LAST.read_text().strip()) if LAST.is_file() else REPO / "runs" / "latest"
 RUN_DIR = RUN_DIR if RUN_DIR.is_absolute() else REPO / RUN_DIR

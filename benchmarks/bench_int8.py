@@ -5,7 +5,7 @@
 
 One calibration of RUN_DIR/model.keras, then every choice below quantized from it and run through
 the edge runtime on the run's held-out split: size (MB = 10^6 bytes), top-1 agreement with
-model.keras, accuracy change, logit error (trainer.sensitivity.logit_error), invoke p50 (2 threads;
+model.keras, accuracy change, logit error (trainer.export.sensitivity.logit_error), invoke p50 (2 threads;
 three interleaved rounds, median, so load on a shared machine hits every row alike) and its ratio
 to the int8 default and to float32. Choices: float32 and float16 (references); the all-integer
 file (full_int8); the head (FULLY_CONNECTED, SOFTMAX) in float; plus the 3 layers the
@@ -14,7 +14,7 @@ chooses greedily by their effect on the logits on the val split (here without in
 MAX_GROWTH, so the longer choices show what it would cost); plus every depthwise convolution and
 the 24 worst others; with --int16, 16x8 (int16 activations, float I/O). The row `convert` would
 ship for RUN_DIR is marked default: the head alone for a model trained on the int8 grid
-(trainer.int8_grid), else the head + 6 chosen. Run it on a run trained with and one trained
+(trainer.model.int8_grid), else the head + 6 chosen. Run it on a run trained with and one trained
 without --int8-grid to compare the two.
 """
 
@@ -35,15 +35,15 @@ import numpy as np  # noqa: E402
 
 from edge.benchmark import size_mb, time_invoke  # noqa: E402
 from edge.runtime import make_interpreter  # noqa: E402
-from trainer.calibration import calibration_images, representative_dataset, selection_images  # noqa: E402
-from trainer.convert import OFF_GRID_FLOAT_LAYERS, default_float_layers  # noqa: E402
-from trainer.float_convert import convert_model  # noqa: E402
-from trainer.model_io import keras_probabilities, load_keras  # noqa: E402
-from trainer.parity import held_out, tflite_probabilities  # noqa: E402
+from trainer.export.calibration import calibration_images, representative_dataset, selection_images  # noqa: E402
+from trainer.export.convert import OFF_GRID_FLOAT_LAYERS, default_float_layers  # noqa: E402
+from trainer.export.float_convert import convert_model  # noqa: E402
+from trainer.export.sensitivity import choose_float_layers, logit_error, rank_layers  # noqa: E402
+from trainer.export.tflite import calibrate, converter_for, exported, quantize, run_converter  # noqa: E402
+from trainer.export.variants import MODES  # noqa: E402
+from trainer.model.model_io import keras_probabilities, load_keras  # noqa: E402
+from trainer.report.parity import held_out, tflite_probabilities  # noqa: E402
 from trainer.run_dir import MODEL, RunDir  # noqa: E402
-from trainer.sensitivity import choose_float_layers, logit_error, rank_layers  # noqa: E402
-from trainer.tflite import calibrate, converter_for, exported, quantize, run_converter  # noqa: E402
-from trainer.variants import MODES  # noqa: E402
 
 HEAD = ("FULLY_CONNECTED", "SOFTMAX")
 HEAD_ONLY = "head float"

@@ -33,7 +33,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from tests.paths import SHARED_DATA  # noqa: E402
 from trainer import atomic  # noqa: E402
-from trainer.metrics import ci95  # noqa: E402
+from trainer.report.metrics import ci95  # noqa: E402
 
 QUANTIZED = ("int8", "full_int8")
 

@@ -39,8 +39,8 @@ def naive_fit(data: Path, size: int, epochs: int) -> list[float]:
     """Seconds per epoch of the classic frozen-base model.fit over decoded photos."""
     import keras
 
-    from trainer.backbones import build_backbone
     from trainer.config import BackboneConfig
+    from trainer.model.backbones import build_backbone
 
     ds = tutorial_dataset(data, size)
     n_classes = len(ds.class_names)
@@ -65,8 +65,8 @@ def naive_fit(data: Path, size: int, epochs: int) -> list[float]:
 
 
 def bare_forward(data: Path, size: int) -> tuple[float, int]:
-    from trainer.backbones import build_backbone
     from trainer.config import BackboneConfig
+    from trainer.model.backbones import build_backbone
 
     ds = tutorial_dataset(data, size)
     model = build_backbone(BackboneConfig(image_size=size)).feature_model()
@@ -90,11 +90,11 @@ def extraction_throughput(data: Path, n: int = 256) -> dict:
     import numpy as np
 
     from edge.preprocess import PreprocessSpec
-    from trainer import data as dataset
-    from trainer import features
-    from trainer.backbones import build_backbone
     from trainer.config import BackboneConfig
-    from trainer.feature_cache import FeatureCache
+    from trainer.data import dataset
+    from trainer.data.feature_cache import FeatureCache
+    from trainer.fit import features
+    from trainer.model.backbones import build_backbone
 
     _, samples = dataset.scan(data)
     pick = [data / samples[i].path for i in np.linspace(0, len(samples) - 1, n).astype(int)]

@@ -16,13 +16,9 @@ from typing import Optional
 
 import typer
 
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-    help="Run a TFLite image classifier on photos or a camera, without TensorFlow.",
-)
+from edge.cli_look import error, new_app
+
+app = new_app("Run a TFLite image classifier on photos or a camera, without TensorFlow.")
 
 EXIT_IMAGE_ERROR = 1
 EXIT_MODEL_ERROR = 2
@@ -30,8 +26,7 @@ _GLOB_CHARS = set("*?[")
 
 
 def _fail(message: str, code: int = EXIT_MODEL_ERROR) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
+    return error(message, code)
 
 
 def expand_inputs(args: list[str]) -> list[str]:

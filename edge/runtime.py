@@ -21,8 +21,8 @@ import numpy as np
 from edge.flatbuffer import InvalidModelError
 from edge.metadata import ModelMetadata, read_metadata
 from edge.model_file import read_model_bytes
-from edge.verify import verify_model
 from edge.quiet import runtime_info_filtered
+from edge.verify import verify_model
 
 BACKENDS = ("ai_edge_litert", "tflite_runtime", "tensorflow")
 BACKEND_ENV = "EDGE_TRANSFER_BACKEND"

@@ -1,7 +1,7 @@
 """Enum values and constants of the two published schemas, defined once for reader and writer.
 
 TFLite ``schema.fbs`` (the model) and tflite-support ``metadata_schema.fbs`` (its metadata).
-``edge`` reads with them and ``trainer.metadata`` writes with them, so a value can only ever
+``edge`` reads with them and ``trainer.export.metadata`` writes with them, so a value can only ever
 disagree with the schema, never between the two sides.
 """
 

@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.paths import SHARED_DATA  # noqa: E402
+
 WEIGHTS_OUT = REPO / "trainer" / "assets" / "mobilenet_v2_1.0_224_no_top.npz"
 SAMPLE_OUT = REPO / "data" / "sample_flowers"
 BN = ("gamma", "beta", "moving_mean", "moving_variance")

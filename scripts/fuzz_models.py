@@ -5,7 +5,7 @@
 Each mutant goes through `python -m edge classify`'s code in a worker process of the backend's
 own venv; prints the counts of ok / clean errors / crashes / hangs / tracebacks / bad outputs
 and every failing mutant (seed, index, seed model, mutation) so it can be rebuilt. Exit 1 when
-any mutant failed. Run from the main venv (it builds the seed models with trainer.metadata).
+any mutant failed. Run from the main venv (it builds the seed models with trainer.export.metadata).
 """
 
 from __future__ import annotations

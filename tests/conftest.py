@@ -61,7 +61,7 @@ def shared_data() -> Path:
 def trained_run(tmp_path_factory) -> Path:
     """A real head-only model trained in this process on the 200 shipped sample photos."""
     from trainer.config import DataConfig, RunConfig
-    from trainer.train import run
+    from trainer.fit.stages import run
 
     out = tmp_path_factory.mktemp("run") / "flowers_small"
     run(RunConfig(DataConfig(str(SAMPLE_FLOWERS)), seed=TRAIN_SEED), out)
@@ -70,8 +70,8 @@ def trained_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def keras_test(trained_run) -> KerasOnTest:
-    from trainer.data import load_images, read_splits
-    from trainer.model_io import load_keras
+    from trainer.data.dataset import load_images, read_splits
+    from trainer.model.model_io import load_keras
     from trainer.run_dir import RunDir
 
     run = RunDir.open(trained_run)
@@ -86,8 +86,8 @@ def keras_test(trained_run) -> KerasOnTest:
 @pytest.fixture(scope="session")
 def converted(trained_run, tmp_path_factory) -> Path:
     """A copy of the session's run, converted in-process to every variant (test gate passed)."""
-    from trainer.parity import default_thresholds
-    from trainer.variants import MODES
+    from trainer.export.variants import MODES
+    from trainer.report.parity import default_thresholds
     from trainer.workflow import convert_run
 
     out = copy_run(trained_run, tmp_path_factory.mktemp("converted") / "run")

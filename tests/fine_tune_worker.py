@@ -24,7 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.paths import SAMPLE_FLOWERS  # noqa: E402
-from trainer.cluster import Cluster, ClusterError, barrier, make_strategy  # noqa: E402
+from trainer.fit.cluster import Cluster, ClusterError, barrier, make_strategy  # noqa: E402
 
 SIZE = 96
 VAL_PER_CLASS = 2
@@ -32,8 +32,8 @@ VAL_PER_CLASS = 2
 
 def sample_photos(spec, train_per_class: int = 8):
     """The first photos of each sample class, split into train and val (deterministic)."""
-    from trainer.data import scan
-    from trainer.photos import Photos
+    from trainer.data.dataset import scan
+    from trainer.data.photos import Photos
 
     classes, samples = scan(SAMPLE_FLOWERS)
     parts: dict[str, list] = {"val": [], "train": []}
@@ -47,11 +47,11 @@ def sample_photos(spec, train_per_class: int = 8):
 
 
 def build_model(n_classes: int, seed: int):
-    """The shipped MobileNetV2 at SIZE px with a seeded softmax head (as trainer.head.assemble)."""
+    """The shipped MobileNetV2 at SIZE px with a seeded softmax head (as trainer.fit.head.assemble)."""
     import keras
 
-    from trainer.backbones import build_backbone
     from trainer.config import BackboneConfig
+    from trainer.model.backbones import build_backbone
 
     backbone = build_backbone(BackboneConfig(image_size=SIZE))
     inputs = keras.Input((SIZE, SIZE, 3), name="image")
@@ -102,7 +102,7 @@ def main() -> int:
 
         from edge.preprocess import PreprocessSpec
         from trainer.config import BackboneConfig, DataConfig, RunConfig, TrainConfig
-        from trainer.fine_tune import fine_tune, without_optimizer
+        from trainer.fit.fine_tune import fine_tune, without_optimizer
 
         cfg = RunConfig(DataConfig(str(SAMPLE_FLOWERS)), BackboneConfig(image_size=SIZE),
                         TrainConfig(fine_tune_from="block_16_expand", fine_tune_epochs=args.epochs,

@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a worker script from any venv
     sys.path.insert(0, str(REPO))
 from tests.paths import SHARED_DATA as DATA  # noqa: E402
+
 FAILURES = ("crash", "hang", "traceback", "bad")
 OUTCOMES = ("ok", "error", *FAILURES)
 # seed model file name -> relative weight (small models are cheap to run, so they get more mutants)
@@ -48,8 +49,8 @@ OUR_SEEDS = {"tiny_float32.tflite": 4, "tiny_int8.tflite": 4, "ours_int8.tflite"
 # --------------------------------------------------------------------------- seeds (main venv)
 def prepare_seeds(out: Path) -> Path:
     """Write the seed models and a photo into ``out``: our tiny float32/int8 models with our
-    metadata (trainer.metadata), our shipped int8 MobileNetV2, and Google's models."""
-    from trainer.metadata import MetadataInfo, add_metadata
+    metadata (trainer.export.metadata), our shipped int8 MobileNetV2, and Google's models."""
+    from trainer.export.metadata import MetadataInfo, add_metadata
 
     out.mkdir(parents=True, exist_ok=True)
     info = MetadataInfo("Tiny", "fuzz seed", "1", "edge-transfer tests", "Apache-2.0",

@@ -20,7 +20,7 @@ import pytest
 
 from tests.client_venvs import assert_top_category, client_classify
 from tests.conftest import copy_run, run_cli
-from trainer import android as bundling
+from trainer.ship import android as bundling
 
 BUNDLE = [".gitkeep", "README.md", "labels.txt", "manifest.json", "model.tflite"]
 

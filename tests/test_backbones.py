@@ -10,10 +10,11 @@ from PIL import Image
 from edge.preprocess import PreprocessSpec
 from tests.conftest import run_cli
 from tests.paths import SHARED_DATA, SMALL_FLOWERS
-from trainer import data, features
-from trainer.backbones import SHIPPED_WEIGHTS, BackboneError, build_backbone
 from trainer.config import BackboneConfig
-from trainer.feature_cache import FeatureCache
+from trainer.data import dataset
+from trainer.data.feature_cache import FeatureCache
+from trainer.fit import features
+from trainer.model.backbones import SHIPPED_WEIGHTS, BackboneError, build_backbone
 
 SLIM = SHARED_DATA / "keras_mobilenet_v2" / "slim_npy_1.0_224"
 
@@ -57,8 +58,8 @@ def _knn_accuracy(feats: np.ndarray, y: np.ndarray, k: int = 5) -> float:
 
 @pytest.mark.slow
 def test_shipped_features_separate_flower_classes_and_random_init_does_not():
-    classes, samples = data.scan(SMALL_FLOWERS)
-    images, ok, _ = data.load_images([SMALL_FLOWERS / s.path for s in samples], PreprocessSpec())
+    classes, samples = dataset.scan(SMALL_FLOWERS)
+    images, ok, _ = dataset.load_images([SMALL_FLOWERS / s.path for s in samples], PreprocessSpec())
     assert ok.all() and len(samples) == 200
     y = np.array([s.label for s in samples])
     import keras

@@ -1,4 +1,4 @@
-"""trainer.cluster: TF_CONFIG parsing (one-line errors), work shares, the barrier, and real
+"""trainer.fit.cluster: TF_CONFIG parsing (one-line errors), work shares, the barrier, and real
 2-worker MultiWorkerMirroredStrategy runs on loopback (identical weights; a killed worker fails
 the other with one clear line in bounded time)."""
 
@@ -17,7 +17,7 @@ import pytest
 
 from tests.fine_tune_worker import saved
 from tests.paths import REPO
-from trainer.cluster import Cluster, ClusterError, parse, share
+from trainer.fit.cluster import Cluster, ClusterError, parse, share
 
 WORKER = REPO / "tests" / "fine_tune_worker.py"
 
@@ -77,7 +77,7 @@ def test_shares_are_deterministic_disjoint_and_complete():
 def test_lost_worker_errors_become_one_line_naming_the_worker(monkeypatch):
     import tensorflow as tf
 
-    from trainer.cluster import TIMEOUT_ENV, cluster_errors
+    from trainer.fit.cluster import TIMEOUT_ENV, cluster_errors
 
     monkeypatch.setenv(TIMEOUT_ENV, "7")
     cluster = Cluster(3, 0, ("a:1", "b:1", "c:1"))
@@ -107,7 +107,7 @@ def test_lost_worker_errors_become_one_line_naming_the_worker(monkeypatch):
 def test_barrier_and_all_sum_on_one_worker():
     import tensorflow as tf
 
-    from trainer.cluster import all_sum, barrier
+    from trainer.fit.cluster import all_sum, barrier
 
     strategy = tf.distribute.get_strategy()
     barrier(strategy)
@@ -117,7 +117,7 @@ def test_barrier_and_all_sum_on_one_worker():
 def test_gather_rows_puts_a_share_in_place_and_refuses_a_short_one():
     import tensorflow as tf
 
-    from trainer.cluster import gather_rows
+    from trainer.fit.cluster import gather_rows
 
     strategy = tf.distribute.get_strategy()
     rows = share(np.arange(5), Cluster(2, 1))

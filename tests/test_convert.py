@@ -23,7 +23,7 @@ def labels_of(run) -> list[str]:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_each_variant_has_the_dtypes_its_mode_promises(converted, mode):
-    from trainer.variants import inspect_model
+    from trainer.export.variants import inspect_model
 
     path = converted / f"model_{mode}.tflite"
     assert path.stat().st_size > 1_000_000
@@ -42,7 +42,7 @@ def test_sizes_shrink_with_quantization(converted):
 
 
 def test_full_int8_has_uint8_io_with_identity_input_quantization_and_only_integer_ops(converted):
-    from trainer.variants import inspect_model
+    from trainer.export.variants import inspect_model
 
     data = (converted / "model_full_int8.tflite").read_bytes()
     ops = op_names(data)
@@ -56,9 +56,9 @@ def test_full_int8_has_uint8_io_with_identity_input_quantization_and_only_intege
 def test_int8_takes_raw_pixels_and_computes_the_softmax_in_float(converted):
     """No 1/256 probability grid: the int8 body ends in DEQUANTIZE -> float SOFTMAX, and the
     scores on real photos are not multiples of 1/256."""
-    from trainer.parity import held_out, tflite_probabilities
+    from trainer.export.variants import inspect_model
+    from trainer.report.parity import held_out, tflite_probabilities
     from trainer.run_dir import RunDir
-    from trainer.variants import inspect_model
 
     path = converted / "model_int8.tflite"
     v = inspect_model(path.read_bytes())
@@ -74,7 +74,8 @@ def test_int8_takes_raw_pixels_and_computes_the_softmax_in_float(converted):
 
 
 def test_verify_reports_a_file_that_breaks_its_modes_promises(converted):
-    from trainer.variants import MODES as TABLE, verify
+    from trainer.export.variants import MODES as TABLE
+    from trainer.export.variants import verify
 
     float_model = (converted / "model_float32.tflite").read_bytes()
     problems = " ".join(verify(float_model, TABLE["full_int8"]).problems)
@@ -128,7 +129,7 @@ print(json.dumps({"backend": clf.backend, "version": tflite_runtime.__version__,
 def test_quantized_variant_loads_and_classifies_in_tflite_runtime_2_14(converted, confident_photo, mode):
     from edge.preprocess import PreprocessSpec, prepare
     from tests.client_venvs import run_client
-    from trainer.parity import tflite_probabilities
+    from trainer.report.parity import tflite_probabilities
 
     photo, _, index = confident_photo
     model = converted / f"model_{mode}.tflite"
@@ -151,9 +152,9 @@ def test_tf_default_dynamic_range_model_would_not_load_in_tflite_runtime_2_14(co
     import tensorflow as tf
 
     from tests.client_venvs import run_client
-    from trainer.float_convert import convert_model
-    from trainer.variants import Quantization
-    from trainer.data import read_splits
+    from trainer.data.dataset import read_splits
+    from trainer.export.float_convert import convert_model
+    from trainer.export.variants import Quantization
 
     class TfDefault(Quantization):
         def configure(self, converter, representative=None):
@@ -169,8 +170,8 @@ def test_tf_default_dynamic_range_model_would_not_load_in_tflite_runtime_2_14(co
 
 
 def test_calibration_choice_is_class_balanced_and_seeded(converted):
-    from trainer.calibration import calibration_paths
-    from trainer.data import read_splits
+    from trainer.data.dataset import read_splits
+    from trainer.export.calibration import calibration_paths
 
     splits = read_splits(converted)
     chosen = calibration_paths(splits, 20, seed=3)

@@ -11,7 +11,7 @@ from PIL import Image
 from edge.preprocess import PreprocessSpec, load_rgb
 from tests.conftest import run_cli
 from tests.paths import SMALL_FLOWERS
-from trainer import data
+from trainer.data import dataset
 
 
 def _photos(n_per_class: int, classes=("daisy", "roses")):
@@ -36,7 +36,7 @@ def test_scan_finds_every_extension_in_any_case_and_sorts_classes(tmp_path):
     img.save(tmp_path / "a_class" / "nested" / "y.jpg")
     (tmp_path / "a_class" / "notes.txt").write_text("not an image")
     (tmp_path / "a_class" / ".hidden.jpg").write_bytes(b"x")
-    classes, samples = data.scan(tmp_path)
+    classes, samples = dataset.scan(tmp_path)
     assert classes == ["a_class", "b_class"]
     assert sorted(s.path for s in samples if s.label == 1) == sorted(
         f"b_class/x{e}" for e in [".JPG", ".jpeg", ".png", ".BMP", ".gif", ".webp"])
@@ -65,8 +65,8 @@ def test_corrupt_files_are_skipped_with_a_reason(tmp_path):
     good = next((root / "daisy").glob("*.jpg"))
     (root / "daisy" / "truncated.jpg").write_bytes(good.read_bytes()[:300])
     (root / "roses" / "text.png").write_text("this is not a png")
-    classes, samples = data.scan(root)
-    images, ok, errors = data.load_images([root / s.path for s in samples], PreprocessSpec(size=(64, 64)))
+    classes, samples = dataset.scan(root)
+    images, ok, errors = dataset.load_images([root / s.path for s in samples], PreprocessSpec(size=(64, 64)))
     assert ok.sum() == 12 and len(errors) == 2
     assert any("truncated.jpg" in p for p in errors) and any("text.png" in p for p in errors)
     assert all(reason for reason in errors.values())
@@ -74,10 +74,10 @@ def test_corrupt_files_are_skipped_with_a_reason(tmp_path):
 
 
 def test_stratified_split_is_seeded_disjoint_and_proportional():
-    samples = [data.Sample(f"c{c}/{i}.jpg", c) for c in range(3) for i in range(40 + 20 * c)]
-    a = data.stratified_split(samples, 3, 0.1, 0.2, seed=1)
-    b = data.stratified_split(samples, 3, 0.1, 0.2, seed=1)
-    c = data.stratified_split(samples, 3, 0.1, 0.2, seed=2)
+    samples = [dataset.Sample(f"c{c}/{i}.jpg", c) for c in range(3) for i in range(40 + 20 * c)]
+    a = dataset.stratified_split(samples, 3, 0.1, 0.2, seed=1)
+    b = dataset.stratified_split(samples, 3, 0.1, 0.2, seed=1)
+    c = dataset.stratified_split(samples, 3, 0.1, 0.2, seed=2)
     assert a == b and a != c
     train, val, test = a
     paths = [s.path for part in a for s in part]

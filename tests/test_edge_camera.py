@@ -5,11 +5,20 @@ import json
 
 import numpy as np
 import pytest
-
-from edge.camera import (CameraError, FpsMeter, FrameResult, JsonRenderer, TextRenderer, VideoRenderer, describe,
-                         open_source, run)
-from edge.postprocess import Category
 from test_edge_support import AUTOML, FLOWERS, REPO, json_lines, run_edge
+
+from edge.camera import (
+    CameraError,
+    FpsMeter,
+    FrameResult,
+    JsonRenderer,
+    TextRenderer,
+    VideoRenderer,
+    describe,
+    open_source,
+    run,
+)
+from edge.postprocess import Category
 
 cv2 = pytest.importorskip("cv2")
 

@@ -5,12 +5,12 @@ import shutil
 import numpy as np
 import pytest
 from PIL import Image
+from test_edge_support import AUTOML, CORAL, CORAL_V2, FLOWER_NAMES, FLOWERS, SUPPORT
 
 from edge import preprocess
 from edge.classifier import Classifier, ClassifierOptions, InputPlan, plan_input
 from edge.metadata import ModelMetadata
 from edge.runtime import TensorInfo
-from test_edge_support import AUTOML, CORAL, CORAL_V2, FLOWER_NAMES, FLOWERS, SUPPORT
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from test_edge_support import AUTOML, CORAL_V2, FLOWERS, REPO, run_edge, stderr_lines
 
 # what the device does not have: importing any of these from edge/ is a defect

@@ -8,10 +8,8 @@ mutant (rebuild it with model_fuzz.make_mutant; scripts/fuzz_models.py runs thou
 
 from __future__ import annotations
 
-
-import pytest
-
 import model_fuzz
+import pytest
 from model_fuzz import FAILURES, judge, run_fuzz, summary
 
 COUNT = 300

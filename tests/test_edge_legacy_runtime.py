@@ -10,10 +10,10 @@ import os
 import subprocess
 
 import pytest
-
 from client_venvs import client_python
-from edge.runtime import BACKEND_ENV
 from test_edge_support import AUTOML, REPO
+
+from edge.runtime import BACKEND_ENV
 
 pytestmark = [
     pytest.mark.clients,

@@ -8,10 +8,10 @@ import sys
 import time
 
 import pytest
+from test_edge_support import REPO, run_edge
 
 from edge.flatbuffer import FlatBuffer
 from edge.quiet import runtime_info_filtered, without_info_lines
-from test_edge_support import REPO, run_edge
 
 MODEL = REPO / "android_assets" / "model.tflite"  # the shipped int8 flower model
 ROSE = sorted((REPO / "data" / "sample_flowers" / "roses").glob("*.jpg"))[0]

@@ -5,11 +5,11 @@ import os
 
 import numpy as np
 import pytest
+from test_edge_support import AUTOML, CORAL_V2, SUPPORT
 
 from edge.benchmark import time_invoke
 from edge.flatbuffer import InvalidModelError
-from edge.runtime import BACKENDS, BACKEND_ENV, DelegateError, RuntimeMissingError, load_backend, make_interpreter
-from test_edge_support import AUTOML, CORAL_V2, SUPPORT
+from edge.runtime import BACKEND_ENV, BACKENDS, DelegateError, RuntimeMissingError, load_backend, make_interpreter
 
 NOMETA = SUPPORT / "mobilenet_v2_1.0_224_quant_nometadata.tflite"
 

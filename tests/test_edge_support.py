@@ -13,6 +13,7 @@ import sys
 
 from tests.paths import CORAL, REPO, SUPPORT
 from tests.paths import SMALL_FLOWERS as FLOWERS
+
 CORAL_V2 = CORAL / "mobilenet_v2_1.0_224_quant.tflite"
 AUTOML = SUPPORT / "automl_labeler_model.tflite"
 FLOWER_NAMES = ["daisy", "dandelion", "roses", "sunflowers", "tulips"]

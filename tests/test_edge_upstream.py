@@ -6,7 +6,6 @@ half-pixel bilinear preprocessing, dequantization and ranking.
 """
 
 import pytest
-
 from test_edge_support import AUTOML, CORAL, FLOWER_NAMES, FLOWERS, SUPPORT, json_lines, run_edge
 
 CORAL_LABELS = CORAL / "imagenet_labels.txt"

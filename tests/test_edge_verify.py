@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_edge_support import CORAL, REPO, SUPPORT, json_lines, run_edge, stderr_lines
 
 from edge.flatbuffer import InvalidModelError
 from edge.metadata import read_metadata
 from edge.model_file import model_root
 from edge.verify import MAX_RANK, verify_model
-from test_edge_support import CORAL, REPO, SUPPORT, json_lines, run_edge, stderr_lines
 
 TINY = REPO / "tests" / "data"
 GOOGLE_MODELS = sorted(CORAL.glob("*.tflite")) + sorted(SUPPORT.glob("*.tflite"))
@@ -25,7 +25,7 @@ PHOTO = CORAL / "cat.bmp"
 
 
 def tiny_with_metadata(kind: str = "float32") -> bytes:
-    from trainer.metadata import MetadataInfo, add_metadata
+    from trainer.export.metadata import MetadataInfo, add_metadata
 
     info = MetadataInfo("Tiny", "test", "1", "edge-transfer tests", "Apache-2.0", ["daisy", "rose", "tulip"])
     return add_metadata((TINY / f"tiny_{kind}.tflite").read_bytes(), info)
@@ -66,7 +66,7 @@ def test_accepts_our_writer_output(kind):
 @pytest.mark.slow
 def test_accepts_every_converted_variant(converted):
     """The session's real run, converted to every variant of the mode table."""
-    from trainer.variants import MODES
+    from trainer.export.variants import MODES
 
     variants = sorted(converted.glob("model_*.tflite"))
     assert len(variants) == len(MODES)

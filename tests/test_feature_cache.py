@@ -17,9 +17,9 @@ from PIL import Image
 from edge.preprocess import PreprocessSpec
 from tests.conftest import run_cli
 from tests.paths import REPO, SAMPLE_FLOWERS
-from trainer import features
-from trainer.feature_cache import FeatureCache
-from trainer.rows import Rows
+from trainer.data.feature_cache import FeatureCache
+from trainer.data.rows import Rows
+from trainer.fit import features
 
 pytestmark = pytest.mark.slow  # each test converts or runs a backbone of its own (make test, not test-fast)
 
@@ -28,8 +28,8 @@ SPEC = PreprocessSpec(size=(96, 96))
 
 @pytest.fixture(scope="module")
 def feature_model():
-    from trainer.backbones import build_backbone
     from trainer.config import BackboneConfig
+    from trainer.model.backbones import build_backbone
 
     return build_backbone(BackboneConfig(image_size=96)).feature_model()
 
@@ -98,10 +98,10 @@ WRITER = """
 import sys
 from pathlib import Path
 from edge.preprocess import PreprocessSpec
-from trainer import features
-from trainer.backbones import build_backbone
+from trainer.fit import features
+from trainer.model.backbones import build_backbone
 from trainer.config import BackboneConfig
-from trainer.feature_cache import FeatureCache
+from trainer.data.feature_cache import FeatureCache
 cache = FeatureCache(Path(sys.argv[1]))
 paths = sorted(Path(sys.argv[2]).glob("*.jpg"))
 model = build_backbone(BackboneConfig(image_size=96)).feature_model()
@@ -153,9 +153,9 @@ def _synthetic_dataset(root: Path, n_per_class: int) -> Path:
 def test_memory_does_not_grow_with_the_number_of_photos(tmp_path, monkeypatch):
     """Python/numpy heap peak (tracemalloc) of extract -> head -> evaluate -> write, at 1x and 4x:
     decoded photos never pile up (they used to: 0.26 MB a photo at 224x224)."""
-    from trainer import train
-    from trainer.backbones import build_backbone
     from trainer.config import BackboneConfig, DataConfig, RunConfig
+    from trainer.fit import stages as train
+    from trainer.model.backbones import build_backbone
 
     monkeypatch.setenv("EDGE_TRANSFER_CACHE", str(tmp_path / "cache"))
     backbone = build_backbone(BackboneConfig())

@@ -1,4 +1,4 @@
-"""trainer.fine_tune: the custom tf.distribute loop on real photos streamed from files, with the
+"""trainer.fit.fine_tune: the custom tf.distribute loop on real photos streamed from files, with the
 shipped backbone: what it trains and what it must not touch, and a killed run that resumes."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def test_one_epoch_trains_the_top_and_keeps_batchnorm_and_the_frozen_base(tmp_pa
 
     from edge.preprocess import PreprocessSpec
     from trainer.config import BackboneConfig, DataConfig, RunConfig, TrainConfig
-    from trainer.fine_tune import KEYS, PREFIX, fine_tune
+    from trainer.fit.fine_tune import KEYS, PREFIX, fine_tune
 
     n_classes, train, val = sample_photos(PreprocessSpec(size=(SIZE, SIZE)))
     backbone, model = build_model(n_classes, seed=3)
@@ -93,9 +93,9 @@ def test_a_killed_fine_tune_resumes_after_its_last_saved_epoch(tmp_path):
 
 
 def test_cosine_schedule_warms_up_over_the_first_epoch_and_decays_to_zero():
-    from trainer.backbones import BackboneError
     from trainer.config import TrainConfig
-    from trainer.fine_tune import learning_rate
+    from trainer.fit.fine_tune import learning_rate
+    from trainer.model.backbones import BackboneError
 
     assert learning_rate(TrainConfig(fine_tune_learning_rate=1e-4), 10) == 1e-4
     schedule = learning_rate(TrainConfig(fine_tune_learning_rate=1e-4, fine_tune_epochs=4,

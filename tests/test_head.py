@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trainer import head as head_module
 from trainer.config import DataConfig, RunConfig, TrainConfig
-from trainer.head import train_head
+from trainer.fit import head as head_module
+from trainer.fit.head import train_head
 
 
 def _problem(seed=0, n=300, d=24, c=3):

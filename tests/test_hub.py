@@ -22,9 +22,9 @@ import pytest
 from tests.conftest import TEST_GATE_FLAGS, run_cli
 from tests.paths import REPO
 from tests.test_backbones import _tiny_dataset
-from trainer import hub
-from trainer.backbones import BackboneError, build_backbone
 from trainer.config import BackboneConfig
+from trainer.model import hub
+from trainer.model.backbones import BackboneError, build_backbone
 
 HANDLE = "https://tfhub.dev/google/tf2-preview/mobilenet_v2/feature_vector/4"
 KAGGLE = "https://www.kaggle.com/models/google/mobilenet-v2/TensorFlow2/tf2-preview-feature-vector/4"
@@ -88,7 +88,7 @@ def test_signature_only_savedmodel_loads_from_a_folder(tmp_path):
 def test_two_hub_models_never_share_the_feature_cache_key(tmp_path):
     """Hub variables are not Keras weights: the SavedModel fingerprint must enter the digest that
     keys the cached TFLite feature extractor, or a second hub model would reuse the first's."""
-    from trainer.backbones import weights_digest
+    from trainer.model.backbones import weights_digest
 
     digests = []
     for seed in (1, 2):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from trainer.config import RunConfig
-from trainer.int8_grid import LEVELS, snap_kernel
+from trainer.model.int8_grid import LEVELS, snap_kernel
 
 
 def _grid_residual(folded: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
@@ -97,9 +97,9 @@ def _stored_kernels(model_bytes: bytes) -> dict[tuple[int, ...], tuple[np.ndarra
 
 @pytest.mark.parametrize("snapped", [True, False])
 def test_int8_stores_snapped_weights_exactly_and_others_rounded(snapped):
-    from trainer.int8_grid import snap_to_int8_grid
-    from trainer.calibration import representative_dataset
-    from trainer.tflite import calibrate, quantize
+    from trainer.export.calibration import representative_dataset
+    from trainer.export.tflite import calibrate, quantize
+    from trainer.model.int8_grid import snap_to_int8_grid
 
     model = tiny_model(3)
     if snapped:

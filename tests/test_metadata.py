@@ -1,4 +1,4 @@
-"""TFLite metadata: our writer (trainer.metadata) against our reader (edge.metadata), Google's
+"""TFLite metadata: our writer (trainer.export.metadata) against our reader (edge.metadata), Google's
 published models, and hostile bytes."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import pytest
 from edge.flatbuffer import InvalidModelError
 from edge.metadata import ModelMetadata, read_metadata
 from edge.model_file import op_names, read_model_bytes, tensor_types
-
 from tests.paths import CORAL, SUPPORT
+
 LABELS = ["daisy", "rose petal", "Große Blume"]  # a space and non-ASCII: labels.txt is UTF-8
 
 
@@ -49,7 +49,7 @@ def tiny_models() -> dict[str, bytes]:
 
 
 def info(**overrides):
-    from trainer.metadata import MetadataInfo
+    from trainer.export.metadata import MetadataInfo
 
     fields = dict(
         name="Flower classifier",
@@ -75,7 +75,7 @@ def run_tflite(model: bytes, image: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- writer -> reader
 @pytest.mark.parametrize("kind", ["float32", "int8"])
 def test_round_trip_every_field(kind):
-    from trainer.metadata import add_metadata
+    from trainer.export.metadata import add_metadata
 
     original = tiny_models()[kind]
     before = read_metadata(original)
@@ -112,7 +112,7 @@ def test_round_trip_every_field(kind):
 
 
 def test_float_stats_follow_normalization():
-    from trainer.metadata import add_metadata
+    from trainer.export.metadata import add_metadata
 
     meta = read_metadata(add_metadata(tiny_models()["float32"], info(mean=(127.5,), std=(127.5,))))
     assert (meta.mean, meta.std) == ((127.5,), (127.5,))
@@ -125,7 +125,7 @@ def test_float_stats_follow_normalization():
 
 @pytest.mark.parametrize("kind", ["float32", "int8"])
 def test_model_runs_identically_with_metadata(kind):
-    from trainer.metadata import add_metadata
+    from trainer.export.metadata import add_metadata
 
     original = tiny_models()[kind]
     out = add_metadata(original, info())
@@ -138,7 +138,7 @@ def test_model_runs_identically_with_metadata(kind):
 
 
 def test_add_metadata_is_deterministic_and_replaces_old_metadata():
-    from trainer.metadata import add_metadata
+    from trainer.export.metadata import add_metadata
 
     model = tiny_models()["int8"]
     first = add_metadata(model, info(labels=["a", "b", "c"], name="first"))
@@ -150,7 +150,7 @@ def test_add_metadata_is_deterministic_and_replaces_old_metadata():
 
 def test_weight_buffers_keep_16_byte_alignment():
     from edge.model_file import model_root  # the reader's own view of Model.buffers
-    from trainer.metadata import add_metadata
+    from trainer.export.metadata import add_metadata
 
     out = add_metadata(tiny_models()["float32"], info())
     starts = [b.vector(0, 1) for b in model_root(out).tables(4)]
@@ -160,7 +160,7 @@ def test_weight_buffers_keep_16_byte_alignment():
 
 
 def test_writer_rejects_mismatched_labels_and_garbage():
-    from trainer.metadata import add_metadata
+    from trainer.export.metadata import add_metadata
 
     with pytest.raises(ValueError, match="3 outputs but 2 labels"):
         add_metadata(tiny_models()["float32"], info(labels=["a", "b"]))
@@ -177,7 +177,7 @@ def test_buffers_stored_outside_the_flatbuffer():
     import tensorflow as tf
     from ai_edge_litert import schema_py_generated as tfl
 
-    from trainer.metadata import add_metadata
+    from trainer.export.metadata import add_metadata
 
     keras.utils.set_random_seed(0)
     inputs = keras.Input((8, 8, 3))
@@ -323,7 +323,7 @@ def test_read_model_bytes_one_line_errors(tmp_path):
 
 
 def test_label_file_missing_from_the_zip_falls_back_to_indices():
-    from trainer.metadata import add_metadata
+    from trainer.export.metadata import add_metadata
 
     data = add_metadata(tiny_models()["int8"], info())
     meta = read_metadata(data[: data.index(b"PK\x03\x04")])

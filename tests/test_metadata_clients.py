@@ -40,7 +40,7 @@ def classify(client: str, model: Path, image: Path, max_results: int = -1) -> su
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """Tiny models with and without metadata, and a 32x32 RGB image (model size: no resize)."""
-    from trainer.metadata import add_metadata
+    from trainer.export.metadata import add_metadata
 
     root = tmp_path_factory.mktemp("clients")
     pixels = np.random.default_rng(7).integers(0, 256, (32, 32, 3), dtype=np.uint8)
@@ -112,7 +112,7 @@ def test_metadata_without_its_label_file_is_rejected(client, files, tmp_path):
 @pytest.mark.parametrize("client", NAMES)
 def test_our_metadata_on_googles_bare_model_matches_googles_own(client, tmp_path):
     """Google ships the same float MobileNet with and without metadata: ours must act like theirs."""
-    from trainer.metadata import MetadataInfo, add_metadata
+    from trainer.export.metadata import MetadataInfo, add_metadata
 
     labels = (SUPPORT / "imagenet_labels_1001.txt").read_text().splitlines()
     ours = tmp_path / "mobilenet_ours.tflite"

@@ -1,4 +1,4 @@
-"""Golden file: the metadata trainer.metadata writes for two fixed tiny models (tests/data),
+"""Golden file: the metadata trainer.export.metadata writes for two fixed tiny models (tests/data),
 read back by edge and dumped as canonical JSON (edge.metadata.dump_metadata).
 
 Any change in what the writer produces fails here. After an intended change, regenerate and
@@ -23,7 +23,7 @@ INFO = dict(name="Flower classifier", description="Classifies flowers.", version
 
 
 def current_dump() -> str:
-    from trainer.metadata import MetadataInfo, add_metadata
+    from trainer.export.metadata import MetadataInfo, add_metadata
 
     out = {}
     for kind in ("float32", "int8"):
@@ -48,10 +48,10 @@ def test_writer_output_matches_the_golden_file():
 
 def test_golden_file_notices_a_writer_change(monkeypatch):
     """The comparison is sensitive: one changed field in the writer changes the dump."""
-    import trainer.metadata
+    import trainer.export.metadata
 
     before = current_dump()
-    monkeypatch.setattr(trainer.metadata, "MIN_PARSER_VERSION", "1.0.1")
+    monkeypatch.setattr(trainer.export.metadata, "MIN_PARSER_VERSION", "1.0.1")
     assert current_dump() != before
 
 

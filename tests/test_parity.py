@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import copy_run, run_cli
-from trainer.parity import Thresholds, compare, default_thresholds
+from trainer.report.parity import Thresholds, compare, default_thresholds
 
 MODES = ["float32", "float16", "dynamic", "int8", "full_int8"]
 
@@ -84,7 +84,7 @@ def test_float32_matches_keras_probabilities(converted):
 
 
 def test_parity_numbers_match_an_independent_recomputation(converted, keras_test):
-    """Keras and the raw ai_edge_litert interpreter, without edge.classifier or trainer.parity."""
+    """Keras and the raw ai_edge_litert interpreter, without edge.classifier or trainer.report.parity."""
     from ai_edge_litert.interpreter import Interpreter
 
     images, y, kp = keras_test.images, keras_test.y, keras_test.probs
@@ -121,7 +121,7 @@ def test_gate_exits_1_when_a_threshold_is_impossibly_tight(converted, tmp_path):
 
 
 def test_parity_falls_back_to_val_when_there_is_no_test_split(converted, tmp_path):
-    from trainer.parity import held_out
+    from trainer.report.parity import held_out
     from trainer.run_dir import RunDir
 
     run = copy_run(converted, tmp_path / "run")

@@ -6,7 +6,6 @@ import json
 import sys
 
 import pytest
-
 from test_edge_support import REPO
 
 

@@ -9,8 +9,8 @@ from tests.test_int8_grid import tiny_model
 
 
 def _calibrated(images):
-    from trainer.calibration import representative_dataset
-    from trainer.tflite import calibrate
+    from trainer.export.calibration import representative_dataset
+    from trainer.export.tflite import calibrate
 
     return calibrate(tiny_model(5), representative_dataset(images))
 
@@ -23,7 +23,7 @@ def _photos(n: int, seed: int) -> np.ndarray:
 
 
 def test_quantile_ranges_narrow_what_one_photo_stretched_and_keep_input_and_zero_starts():
-    from trainer.ranges import photo_extremes, ranged_tensors, with_ranges
+    from trainer.export.ranges import photo_extremes, ranged_tensors, with_ranges
 
     images = _photos(20, 0)
     calibrated = _calibrated(images)
@@ -48,7 +48,7 @@ def test_quantile_ranges_narrow_what_one_photo_stretched_and_keep_input_and_zero
 
 
 def test_the_chosen_quantile_has_the_lowest_logit_error_on_the_chooser_photos():
-    from trainer.ranges import QUANTILES, choose_ranges
+    from trainer.export.ranges import QUANTILES, choose_ranges
 
     images = _photos(20, 1)
     calibrated = _calibrated(images)

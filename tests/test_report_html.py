@@ -17,7 +17,9 @@ from edge.preprocess import PreprocessSpec
 from tests import browser
 from tests.conftest import run_cli
 from tests.paths import SAMPLE_FLOWERS
-from trainer import atomic, data, metrics, plots, report_html
+from trainer import atomic
+from trainer.data import dataset
+from trainer.report import metrics, page, plots
 
 SAMPLE = SAMPLE_FLOWERS
 
@@ -40,10 +42,10 @@ def _tags(page: str) -> list[tuple[str, dict]]:
 def make_run(run, parity_fail: bool = True):
     """A run directory with every input file report.html reads, made by the real writers
     (scan, split, metrics, plots) on the shipped sample photos and random probabilities."""
-    classes, samples = data.scan(SAMPLE)
-    train, val, test = data.stratified_split(samples, len(classes), 0.1, 0.2, 0)
+    classes, samples = dataset.scan(SAMPLE)
+    train, val, test = dataset.stratified_split(samples, len(classes), 0.1, 0.2, 0)
     skipped = [{"path": "roses/broken.jpg", "reason": "cannot identify image file"}]
-    splits = data.Splits(str(SAMPLE), classes, train, val, test, skipped)
+    splits = dataset.Splits(str(SAMPLE), classes, train, val, test, skipped)
     rng = np.random.default_rng(0)
     probs = {p: rng.dirichlet(np.ones(len(classes)) * 0.3, len(splits.part(p))) for p in ("train", "val", "test")}
     paths = [s.path for s in test]
@@ -92,53 +94,53 @@ def test_wilson_interval_closed_forms():
 
 def test_page_is_self_contained_and_shows_every_section(tmp_path):
     report = make_run(tmp_path / "run")
-    path = report_html.write(tmp_path / "run")
-    page = path.read_text(encoding="utf-8")
+    path = page.write(tmp_path / "run")
+    html = path.read_text(encoding="utf-8")
     assert path == tmp_path / "run" / "report.html"
     assert [p.name for p in path.parent.iterdir() if p.name.startswith(".")] == []  # atomic: no temp file left
-    tags = _tags(page)
+    tags = _tags(html)
     assert not [t for t, a in tags if t in ("script", "link", "iframe", "object", "embed")]
     urls = [a.get(k) for _, a in tags for k in ("src", "href") if a.get(k)]
     assert urls and all(u.startswith("data:image/") for u in urls), urls[:3]
     images = [a["src"] for t, a in tags if t == "img"]
     mistakes = report["mistakes"]
     assert len(images) == 1 + len(mistakes) - 1  # curves + every mistake but the missing photo
-    assert page.count('class="missing"') == 1 and "daisy/gone.jpg" in page
+    assert html.count('class="missing"') == 1 and "daisy/gone.jpg" in html
     for section in ("Dataset", "Metrics (model.keras)", "Per class (test)", "Confusion matrix", "Training curves",
                     "Photos it got wrong", "TFLite parity", "Benchmark", "Model card", "Configuration"):
-        assert section in page, section
+        assert section in html, section
     for label in report["labels"]:
-        assert f"<td>{label}</td>" in page
+        assert f"<td>{label}</td>" in html
     test = report["splits"]["test"]
     lo, hi = metrics.wilson(test["accuracy"], test["n"])
-    assert f"{test['accuracy']:.4f} <span class=muted>[{lo:.3f}, {hi:.3f}]</span>" in page
-    assert "roses/broken.jpg" in page and "cannot identify image file" in page
-    assert "FAIL" in page and "<b>int8</b>: agreement 92.5 &lt; 97.0" in page and "1.23 / 1.50 <span class=muted>·</span> 789" in page
-    assert "a &lt;b&gt; limit" in page  # text is escaped
+    assert f"{test['accuracy']:.4f} <span class=muted>[{lo:.3f}, {hi:.3f}]</span>" in html
+    assert "roses/broken.jpg" in html and "cannot identify image file" in html
+    assert "FAIL" in html and "<b>int8</b>: agreement 92.5 &lt; 97.0" in html and "1.23 / 1.50 <span class=muted>·</span> 789" in html
+    assert "a &lt;b&gt; limit" in html  # text is escaped
 
 
 def test_thumbnail_is_the_photo_as_the_model_saw_it(tmp_path):
     photo = sorted((SAMPLE / "daisy").glob("*.jpg"))[0]
-    uri = report_html.thumbnail(photo, PreprocessSpec())
+    uri = page.thumbnail(photo, PreprocessSpec())
     import base64
     import io
 
     img = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
     assert img.format == "JPEG" and img.size == (96, 96)
-    assert report_html.thumbnail(tmp_path / "nothing.jpg", PreprocessSpec()) is None
+    assert page.thumbnail(tmp_path / "nothing.jpg", PreprocessSpec()) is None
     (tmp_path / "text.jpg").write_text("not a photo")
-    assert report_html.thumbnail(tmp_path / "text.jpg", PreprocessSpec()) is None
+    assert page.thumbnail(tmp_path / "text.jpg", PreprocessSpec()) is None
 
 
 def test_only_report_json_is_required(tmp_path):
     run = tmp_path / "run"
-    with pytest.raises(data.DataError, match="report.json"):
-        report_html.write(tmp_path)
-    assert report_html.refresh(tmp_path) is None and not (tmp_path / "report.html").exists()
+    with pytest.raises(dataset.DataError, match="report.json"):
+        page.write(tmp_path)
+    assert page.refresh(tmp_path) is None and not (tmp_path / "report.html").exists()
     run.mkdir()
     atomic.write_json(run / "report.json", {"splits": {"test": {"n": 0, "accuracy": None}}})
-    page = report_html.write(run).read_text()
-    assert "Training report" in page and "TFLite parity" not in page and "<img" not in page
+    html = page.write(run).read_text()
+    assert "Training report" in html and "TFLite parity" not in html and "<img" not in html
 
 
 @pytest.mark.browser
@@ -156,11 +158,11 @@ def test_browser_check_catches_broken_images_console_errors_and_network(tmp_path
 @pytest.mark.browser
 def test_page_renders_in_chromium(tmp_path):
     make_run(tmp_path / "run")
-    page = report_html.write(tmp_path / "run")
-    load = browser.load(page.as_uri(), screenshot=tmp_path / "report.png")
+    written = page.write(tmp_path / "run")
+    load = browser.load(written.as_uri(), screenshot=tmp_path / "report.png")
     assert load.errors == []
     assert len(load.images) >= 2 and all(i["complete"] and i["naturalWidth"] > 0 for i in load.images), load.images
-    assert all(u == page.as_uri() or u.startswith("data:") for u in load.requests), load.requests
+    assert all(u == written.as_uri() or u.startswith("data:") for u in load.requests), load.requests
     shot = Image.open(load.screenshot)
     assert shot.width == 1200 and shot.height > 2000  # the whole page, not just the viewport
     assert len(np.unique(np.asarray(shot.convert("L")))) > 50  # rendered content, not a blank canvas
@@ -172,7 +174,7 @@ def test_train_convert_and_bench_write_the_page(converted, tmp_path):
     """The session's real run: train recorded its mistakes and wrote the page, convert added the
     parity table and model card, bench adds its table; Chromium renders the result cleanly."""
     report = json.loads((converted / "report.json").read_text())
-    splits = data.read_splits(converted)
+    splits = dataset.read_splits(converted)
     mistakes = report["mistakes"]
     test_paths = {s.path for s in splits.test}
     assert 0 < len(mistakes) <= 48
@@ -180,14 +182,14 @@ def test_train_convert_and_bench_write_the_page(converted, tmp_path):
     assert [m["confidence"] for m in mistakes] == sorted((m["confidence"] for m in mistakes), reverse=True)
     wrong = report["splits"]["test"]["n"] - round(report["splits"]["test"]["accuracy"] * report["splits"]["test"]["n"])
     assert len(mistakes) == min(48, wrong)
-    page = (converted / "report.html").read_text()
-    assert "TFLite parity" in page and "Model card" in page and "Benchmark" not in page
+    html = (converted / "report.html").read_text()
+    assert "TFLite parity" in html and "Model card" in html and "Benchmark" not in html
     run = shutil.copytree(converted, tmp_path / "run")
     result = run_cli("trainer", "bench", str(run), "--threads", "1", "--runs", "3", "--warmup", "1")
     assert result.returncode == 0, result.stderr[-2000:]
-    page = run / "report.html"
-    assert "Benchmark" in page.read_text()
-    load = browser.load(page.as_uri(), screenshot=tmp_path / "report.png")
+    written = run / "report.html"
+    assert "Benchmark" in written.read_text()
+    load = browser.load(written.as_uri(), screenshot=tmp_path / "report.png")
     assert load.errors == [] and all(i["naturalWidth"] > 0 for i in load.images)
     assert len(load.images) == 1 + len(mistakes)
 

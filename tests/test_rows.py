@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trainer import rows as rows_module
-from trainer.rows import Rows
+from trainer.data import rows as rows_module
+from trainer.data.rows import Rows
 
 
 def test_gather_and_concat_match_numpy(tmp_path, monkeypatch):

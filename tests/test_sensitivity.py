@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trainer.sensitivity import logit_error, short_name
+from trainer.export.sensitivity import logit_error, short_name
 
 
 def test_logit_error_ignores_a_per_photo_constant_and_sees_any_class():
@@ -25,12 +25,12 @@ def test_short_name_is_the_keras_layer():
 
 @pytest.mark.slow
 def test_greedy_choice_lowers_the_logit_error_at_every_step(converted):
-    from trainer.calibration import calibration_images, representative_dataset, selection_images
-    from trainer.model_io import load_keras
+    from trainer.export.calibration import calibration_images, representative_dataset, selection_images
+    from trainer.export.sensitivity import candidate_layers, choose_float_layers
+    from trainer.export.tflite import calibrate
+    from trainer.export.variants import MODES
+    from trainer.model.model_io import load_keras
     from trainer.run_dir import MODEL, RunDir
-    from trainer.sensitivity import candidate_layers, choose_float_layers
-    from trainer.tflite import calibrate
-    from trainer.variants import MODES
 
     run = RunDir.open(converted)
     calibrated = calibrate(load_keras(run / MODEL), representative_dataset(calibration_images(run, 20)))

@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import run_cli
 from tests.paths import REPO, SAMPLE_FLOWERS
 from tests.test_data import make_dataset
-from trainer.int8_grid import snap_kernel
+from trainer.model.int8_grid import snap_kernel
 
 
 def test_run_directory_is_complete_and_self_describing(trained_run):
@@ -42,7 +42,7 @@ def test_run_directory_is_complete_and_self_describing(trained_run):
 
 RELOAD = """
 import json, sys, numpy as np, keras
-from trainer.data import read_splits, load_images
+from trainer.data.dataset import read_splits, load_images
 from edge.preprocess import PreprocessSpec
 run = sys.argv[1]
 splits = read_splits(run)

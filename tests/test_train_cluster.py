@@ -16,9 +16,9 @@ import pytest
 
 from tests.paths import REPO, SAMPLE_FLOWERS
 from tests.test_cluster import _free_ports
-from trainer import metrics
-from trainer.model_io import load_keras, photo_probabilities
-from trainer.photos import Photos
+from trainer.data.photos import Photos
+from trainer.model.model_io import load_keras, photo_probabilities
+from trainer.report import metrics
 from trainer.run_dir import RunDir
 
 FLAGS = ["--data", str(SAMPLE_FLOWERS), "--seed", "7", "--fine-tune-from", "block_16_expand",

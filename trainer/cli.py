@@ -13,20 +13,20 @@ from typing import Optional
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Train a photo classifier offline and export it to TFLite.")
+from edge.cli_look import error, new_app
+
+app = new_app("Train a photo classifier offline and export it to TFLite.")
 
 
 def _fail(message: str, code: int = 2):
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
+    raise error(message, code)
 
 
 def _user_errors():
     """Exception types that mean 'the user asked for something impossible', not a bug."""
-    from trainer.backbones import BackboneError
-    from trainer.cluster import ClusterError
-    from trainer.data import DataError
+    from trainer.data.dataset import DataError
+    from trainer.fit.cluster import ClusterError
+    from trainer.model.backbones import BackboneError
 
     return (DataError, BackboneError, ClusterError, FileNotFoundError)
 
@@ -106,7 +106,7 @@ def train(
             seed=seed,
         )
     _quiet_tensorflow()
-    from trainer import train as training
+    from trainer.fit import stages as training
 
     try:
         report = training.run(cfg, out)
@@ -127,7 +127,7 @@ def evaluate(
 ):
     """Evaluate the run's model.keras on any folder; prints one JSON object."""
     _quiet_tensorflow()
-    from trainer import evaluate as evaluation
+    from trainer.report import evaluate as evaluation
 
     try:
         result = evaluation.evaluate_folder(run_dir, data)
@@ -159,9 +159,9 @@ def convert(
     """Export model_<mode>.tflite files with metadata, check them against model.keras (parity.json,
     exit 1 when a variant falls past its thresholds) and write the model card."""
     _quiet_tensorflow()
-    from trainer.parity import default_thresholds
-    from trainer.tflite import ConversionError
-    from trainer.variants import resolve_modes
+    from trainer.export.tflite import ConversionError
+    from trainer.export.variants import resolve_modes
+    from trainer.report.parity import default_thresholds
     from trainer.workflow import convert_run
 
     try:
@@ -188,7 +188,7 @@ def android(
 ):
     """Fill the Android assets folder with one checked variant (metadata, labels, passed parity gate).
     Refuses with exit 2, leaving the folder as it was, when any check fails."""
-    from trainer import android as bundling
+    from trainer.ship import android as bundling
 
     try:
         plan = bundling.build(run_dir, variant, out)
@@ -210,28 +210,28 @@ def bench(
 ):
     """One table for every variant: status, size, accuracy, delta vs Keras, p50/p90 invoke ms and
     images/s per thread count, through the edge runtime. Writes RUN_DIR/bench.md and bench.json."""
-    from trainer import bench as benchmarking
-    from trainer import report_html
+    from trainer.report import bench as benchmarking
+    from trainer.report import page
 
     try:
         report = benchmarking.run(run_dir, benchmarking.parse_threads(threads), runs, warmup, seed)
         md, js = benchmarking.write(run_dir, report)
     except _user_errors() as exc:
         _fail(str(exc))
-    report_html.refresh(run_dir)
+    page.refresh(run_dir)
     typer.echo(report.markdown())
     typer.echo(f"wrote {md} and {js.name}")
 
 
-cache_app = typer.Typer(no_args_is_help=True, help="The persistent feature cache (EDGE_TRANSFER_CACHE, "
-                        "default ~/.cache/edge-transfer), shared by every run.")
+cache_app = new_app("The persistent feature cache (EDGE_TRANSFER_CACHE, "
+                    "default ~/.cache/edge-transfer), shared by every run.")
 app.add_typer(cache_app, name="cache")
 
 
 @cache_app.command("info")
 def cache_info():
     """Where the cache is, how many feature entries it holds and their size."""
-    from trainer.feature_cache import FeatureCache
+    from trainer.data.feature_cache import FeatureCache
 
     for line in FeatureCache.default().info().lines():
         typer.echo(line)
@@ -240,7 +240,7 @@ def cache_info():
 @cache_app.command("clear")
 def cache_clear():
     """Delete every cached feature and feature extractor (the next run extracts again)."""
-    from trainer.feature_cache import FeatureCache
+    from trainer.data.feature_cache import FeatureCache
 
     before = FeatureCache.default().clear()
     typer.echo(f"removed {before.entries} feature entries ({before.bytes / 1e6:.1f} MB) and "

@@ -22,7 +22,7 @@ class BackboneConfig:
     """name: "mobilenet_v2", a keras.applications model name, a TF Hub / Kaggle URL, or "hub:PATH".
     weights: "default" (shipped for mobilenet_v2, else imagenet), "imagenet", a file, or "none".
     image_size: square input side. alpha: MobileNetV2 width multiplier (1.0 has shipped weights).
-    int8_grid: convolution weights put on the grid int8 rounds them to (trainer.int8_grid), so
+    int8_grid: convolution weights put on the grid int8 rounds them to (trainer.model.int8_grid), so
     the int8 file agrees with the Keras model; keras.applications and mobilenet_v2 only."""
 
     name: str = "mobilenet_v2"

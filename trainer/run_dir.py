@@ -2,7 +2,7 @@
 
 Everything that reads or writes RUN_DIR goes through here (no module rebuilds a path or rereads
 labels on its own). Below every command: it imports no TensorFlow and no other trainer layer
-except :mod:`trainer.data` (splits) and :mod:`trainer.atomic`.
+except :mod:`trainer.data.dataset` (splits) and :mod:`trainer.atomic`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from edge.preprocess import PreprocessSpec
 from trainer import atomic
-from trainer.data import DataError, Splits, read_splits
+from trainer.data.dataset import DataError, Splits, read_splits
 
 MODEL = "model.keras"
 LABELS = "labels.txt"

@@ -10,11 +10,11 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from trainer import model_card, parity, report_html
-from trainer.calibration import DEFAULT_CALIBRATION_IMAGES
-from trainer.convert import export
-from trainer.data import DataError
-from trainer.model_io import load_keras
+from trainer.data.dataset import DataError
+from trainer.export.calibration import DEFAULT_CALIBRATION_IMAGES
+from trainer.export.convert import export
+from trainer.model.model_io import load_keras
+from trainer.report import model_card, page, parity
 from trainer.run_dir import MODEL, RunDir
 
 
@@ -38,5 +38,5 @@ def convert_run(run_dir: str | Path, modes: list[str], calibration_count: int = 
     log(f"wrote {parity.write(run.path, report)} ({time.perf_counter() - t0:.1f} s)")
     md, js = model_card.write(run.path)
     log(f"wrote {md} and {js.name}")
-    report_html.refresh(run.path)  # also when the gate failed: the page shows which variant and why
+    page.refresh(run.path)  # also when the gate failed: the page shows which variant and why
     return report

@@ -27,7 +27,9 @@ from wheelhouse import build_wheel, download
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
-from tests.paths import SHARED_DATA as SHARED, SHARED_DATA_ENV  # noqa: E402
+from tests.paths import SHARED_DATA as SHARED  # noqa: E402
+from tests.paths import SHARED_DATA_ENV
+
 WHEELHOUSE = CACHE / "pi-wheelhouse"
 MODEL = Path("android_assets/model.tflite")
 PHOTOS = Path("data/sample_flowers")

@@ -29,8 +29,7 @@ def load_rgb(path: str):
 
 def classify(model: str, image: str, max_results: int) -> dict:
     import mediapipe as mp
-    from mediapipe.tasks.python import BaseOptions
-    from mediapipe.tasks.python import vision
+    from mediapipe.tasks.python import BaseOptions, vision
 
     options = vision.ImageClassifierOptions(
         base_options=BaseOptions(model_asset_path=model),

@@ -1,6 +1,6 @@
 """model.keras -> model_<mode>.tflite: convert, verify, add metadata, verify again, write atomically.
 
-A file that breaks a promise of its mode (:mod:`trainer.variants`) is never written: the export
+A file that breaks a promise of its mode (:mod:`trainer.export.variants`) is never written: the export
 raises :class:`ConversionError` (one line) and the previous file, if any, stays.
 """
 
@@ -16,16 +16,20 @@ import numpy as np
 
 from edge.metadata import read_metadata
 from trainer import atomic
-from trainer.calibration import (DEFAULT_CALIBRATION_IMAGES, calibration_images, representative_dataset,
-                                 selection_images)
-from trainer.metadata import MetadataInfo, add_metadata
-from trainer.model_io import load_keras
-from trainer.ranges import choose_ranges
+from trainer.export.calibration import (
+    DEFAULT_CALIBRATION_IMAGES,
+    calibration_images,
+    representative_dataset,
+    selection_images,
+)
+from trainer.export.float_convert import Beside, beside, convert_model
+from trainer.export.metadata import MetadataInfo, add_metadata
+from trainer.export.ranges import choose_ranges
+from trainer.export.sensitivity import choose_float_layers, short_name
+from trainer.export.tflite import ConversionError, calibrate, exported, quantize
+from trainer.export.variants import MODES, Quantization, Verification, verify
+from trainer.model.model_io import load_keras
 from trainer.run_dir import MODEL, RunDir
-from trainer.sensitivity import choose_float_layers, short_name
-from trainer.float_convert import Beside, beside, convert_model
-from trainer.tflite import ConversionError, calibrate, exported, quantize
-from trainer.variants import MODES, Quantization, Verification, verify
 from trainer.version import package_version
 
 # int8 keeps this many layers in float, chosen by their effect on the logits, when the backbone's
@@ -34,7 +38,7 @@ OFF_GRID_FLOAT_LAYERS = 6
 
 
 def default_float_layers(run: RunDir) -> int:
-    """0 for a model trained on the int8 grid (trainer.int8_grid), else OFF_GRID_FLOAT_LAYERS."""
+    """0 for a model trained on the int8 grid (trainer.model.int8_grid), else OFF_GRID_FLOAT_LAYERS."""
     return 0 if run.config.get("backbone", {}).get("int8_grid", False) else OFF_GRID_FLOAT_LAYERS
 
 

@@ -2,7 +2,7 @@
 
 TFLite runs through the edge runtime (:class:`edge.classifier.Classifier`), so the numbers here
 are those of the code that ships to the device, by construction. Both sides get the same uint8
-pixels from :class:`trainer.photos.Photos`, streamed in bounded chunks (Keras as float32, as it was
+pixels from :class:`trainer.data.photos.Photos`, streamed in bounded chunks (Keras as float32, as it was
 trained).
 
 Definitions (also written into parity.json):
@@ -26,12 +26,12 @@ import numpy as np
 from edge.classifier import Classifier, ClassifierOptions
 from edge.postprocess import rank
 from trainer import atomic
-from trainer.data import DataError
-from trainer.metrics import ci95
-from trainer.model_io import keras_probabilities, load_keras
-from trainer.photos import Photos
+from trainer.data.dataset import DataError
+from trainer.data.photos import Photos
+from trainer.export.variants import MODES
+from trainer.model.model_io import keras_probabilities, load_keras
+from trainer.report.metrics import ci95
 from trainer.run_dir import MODEL, PARITY, RunDir, sha256_file
-from trainer.variants import MODES
 
 DEFINITIONS = {
     "accuracy": "top-1 accuracy of the edge runtime (ties: lowest index)",

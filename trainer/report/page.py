@@ -17,9 +17,9 @@ from pathlib import Path
 
 from edge.preprocess import PreprocessSpec, prepare
 from trainer import atomic
-from trainer.metrics import wilson
+from trainer.data.dataset import DataError
+from trainer.report.metrics import wilson
 from trainer.run_dir import read_json
-from trainer.data import DataError
 
 THUMB_PX = 96
 

@@ -28,6 +28,6 @@ def keras_probabilities(model, images: np.ndarray, batch: int = 32) -> np.ndarra
 
 
 def photo_probabilities(model, photos, progress: str | None = None) -> np.ndarray:
-    """keras_probabilities over a trainer.photos.Photos, decoded in bounded chunks (readable photos only)."""
+    """keras_probabilities over a trainer.data.photos.Photos, decoded in bounded chunks (readable photos only)."""
     parts = [keras_probabilities(model, images) for images, _ in photos.chunks(progress=progress)]
     return np.concatenate(parts) if parts else np.zeros((0, model.output_shape[-1]), np.float32)

@@ -42,12 +42,6 @@ def classification_report(y_true, probs: np.ndarray, labels: list[str]) -> dict:
     }
 
 
-def balanced_class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
-    """n / (k * count_c): each class contributes equally to the loss."""
-    counts = np.bincount(np.asarray(y, np.int64), minlength=n_classes).astype(float)
-    return {c: float(len(y) / (n_classes * counts[c])) if counts[c] else 0.0 for c in range(n_classes)}
-
-
 def mistakes(split: str, paths: list[str], y_true, probs: np.ndarray, labels: list[str], limit: int = 48) -> list[dict]:
     """The photos a split got wrong, most confident first (at most ``limit``): report.json's
     "mistakes", which report.html shows as thumbnails."""

@@ -31,7 +31,7 @@ DOWNLOAD_TIMEOUT_S = 60
 
 
 class HubError(ValueError):
-    """A handle that cannot be resolved; trainer.backbones reports it as a BackboneError."""
+    """A handle that cannot be resolved; trainer.model.backbones reports it as a BackboneError."""
 
 
 def is_handle(name: str) -> bool:

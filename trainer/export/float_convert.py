@@ -1,7 +1,7 @@
 """The uncalibrated conversions (float32, float16, dynamic), here or in a second process.
 
 Each converter run and the int8 calibration use about one core. When an export does both, the
-uncalibrated ones run in a child process (``python -m trainer.float_convert``) from the same
+uncalibrated ones run in a child process (``python -m trainer.export.float_convert``) from the same
 exported SavedModel while this process calibrates: measured in benchmarks/bench_convert.py. A
 plain child process, not multiprocessing: spawn would re-run the caller's main script in the
 child, and TensorFlow is not fork-safe.
@@ -18,10 +18,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from trainer import atomic
-from trainer.tflite import ConversionError, converter_for, run_converter
-from trainer.variants import MODES, Quantization
+from trainer.export.tflite import ConversionError, converter_for, run_converter
+from trainer.export.variants import MODES, Quantization
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the folder holding trainer/
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding trainer/
 
 
 def convert_model(source, quant: Quantization) -> bytes:
@@ -76,7 +76,7 @@ def beside(saved_model: Path, modes: list[str]) -> Iterator[Beside]:
         path = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))
         env = {**os.environ, "PYTHONPATH": path, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
         with open(log, "wb") as stderr:
-            proc = subprocess.Popen([sys.executable, "-m", "trainer.float_convert", str(saved_model), str(out), *modes],
+            proc = subprocess.Popen([sys.executable, "-m", "trainer.export.float_convert", str(saved_model), str(out), *modes],
                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr, env=env)
         try:
             yield Beside(proc, saved_model, out, log)

@@ -20,17 +20,20 @@ from pathlib import Path
 import numpy as np
 
 from edge.preprocess import PreprocessSpec
-from trainer import atomic, data, features, metrics, plots, report_html
-from trainer.backbones import Backbone, build_backbone, resolved
-from trainer.cluster import Cluster, barrier, gather_rows, make_strategy, share
+from trainer import atomic
 from trainer.config import RunConfig
-from trainer.feature_cache import FeatureCache, cache_root
-from trainer.fine_tune import fine_tune, without_optimizer
-from trainer.int8_grid import snap_to_int8_grid
-from trainer.head import LinearHead, assemble, train_head, write_tensorboard
-from trainer.model_io import photo_probabilities
-from trainer.photos import Photos
-from trainer.rows import Rows
+from trainer.data import dataset
+from trainer.data.feature_cache import FeatureCache, cache_root
+from trainer.data.photos import Photos
+from trainer.data.rows import Rows
+from trainer.fit import features
+from trainer.fit.cluster import Cluster, barrier, gather_rows, make_strategy, share
+from trainer.fit.fine_tune import fine_tune, without_optimizer
+from trainer.fit.head import LinearHead, assemble, train_head, write_tensorboard
+from trainer.model.backbones import Backbone, build_backbone, resolved
+from trainer.model.int8_grid import snap_to_int8_grid
+from trainer.model.model_io import photo_probabilities
+from trainer.report import metrics, page, plots
 from trainer.run_dir import CONFIG, LABELS, MODEL, REPORT, SPLITS, RunDir
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -43,7 +46,7 @@ class Dataset:
     root: Path
     spec: PreprocessSpec
     classes: list[str]
-    candidates: list[data.Sample]
+    candidates: list[dataset.Sample]
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,7 @@ class Features:
     """The readable photos' split and their pooled features (tables on disk, per split); ``train_x``
     / ``train_y`` include mirrored copies when asked."""
 
-    splits: data.Splits
+    splits: dataset.Splits
     by_split: dict[str, Rows]
     train_x: Rows
     train_y: np.ndarray
@@ -90,8 +93,8 @@ def scan_dataset(cfg: RunConfig) -> Dataset:
     """Classes and candidate files, before TensorFlow loads (a bad --data fails at once)."""
     spec = PreprocessSpec(size=(cfg.backbone.image_size, cfg.backbone.image_size))
     root = Path(cfg.data.dir).resolve()
-    classes, candidates = data.scan(root)
-    data.check_counts(classes, candidates, cfg.data.min_per_class)  # again once unreadable files are known
+    classes, candidates = dataset.scan(root)
+    dataset.check_counts(classes, candidates, cfg.data.min_per_class)  # again once unreadable files are known
     return Dataset(root, spec, classes, candidates)
 
 
@@ -101,7 +104,7 @@ def extract_features(cfg: RunConfig, backbone: Backbone, ds: Dataset, work: Path
     then the split of the readable ones (unreadable files are skipped and reported).
 
     On several workers each first extracts its share into the shared cache and waits for the
-    others (:func:`trainer.cluster.barrier`); the full pass after that only reads the cache."""
+    others (:func:`trainer.fit.cluster.barrier`); the full pass after that only reads the cache."""
     t0 = time.perf_counter()
     cache = FeatureCache.default()
     extractor = features.Extractor(backbone.feature_model(), cache, cfg.train.threads or None)
@@ -114,9 +117,9 @@ def extract_features(cfg: RunConfig, backbone: Backbone, ds: Dataset, work: Path
     table = features.extract(paths, ds.spec, extractor, cache, work / "features.f32")
     skipped = [{"path": ds.candidates[row].path, "reason": reason} for row, reason in sorted(table.errors.items())]
     samples = [s for s, good in zip(ds.candidates, table.ok) if good]
-    data.check_counts(ds.classes, samples, cfg.data.min_per_class)
-    train, val, test = data.stratified_split(samples, len(ds.classes), cfg.data.val_split, cfg.data.test_split, cfg.seed)
-    splits = data.Splits(str(ds.root), ds.classes, train, val, test, skipped)
+    dataset.check_counts(ds.classes, samples, cfg.data.min_per_class)
+    train, val, test = dataset.stratified_split(samples, len(ds.classes), cfg.data.val_split, cfg.data.test_split, cfg.seed)
+    splits = dataset.Splits(str(ds.root), ds.classes, train, val, test, skipped)
     row = {s.path: i for i, s in enumerate(ds.candidates)}
     rows = {name: np.array([row[s.path] for s in splits.part(name)], np.int64) for name in SPLIT_NAMES}
     by_split = {name: table.gather(rows[name], work / f"{name}.f32") for name in SPLIT_NAMES}
@@ -209,7 +212,7 @@ def build_report(cfg: RunConfig, ds: Dataset, feats: Features, trained: Trained,
     }
 
 
-def write_inputs(cfg: RunConfig, ds: Dataset, splits: data.Splits, out: Path) -> None:
+def write_inputs(cfg: RunConfig, ds: Dataset, splits: dataset.Splits, out: Path) -> None:
     """labels.txt, splits.json, config.json: what the run was given (written before training, so
     a run that fails later still says what it tried)."""
     atomic.write_text(out / LABELS, "\n".join(ds.classes) + "\n")
@@ -233,9 +236,9 @@ def write_outputs(out: Path, trained: Trained, ds: Dataset, feats: Features, pro
     plots.confusion(np.array(report["splits"][split]["confusion_matrix"]), ds.classes, out / "confusion_matrix.png",
                     title=f"{split} confusion matrix")
     shown = feats.photos(split, ds.spec).take(range(min(16, len(feats.splits.part(split)))))
-    images, ok, _ = data.load_images(shown.paths, ds.spec)  # only the 16 photos the grid shows
+    images, ok, _ = dataset.load_images(shown.paths, ds.spec)  # only the 16 photos the grid shows
     plots.prediction_grid(images[ok], shown.labels[ok], probs[split][:len(ok)][ok], ds.classes, out / "predictions.png")
-    report_html.write(out)
+    page.write(out)
 
 
 def checkpoint_dir(cfg: RunConfig, out: Path, cluster: Cluster) -> Path:

@@ -34,9 +34,9 @@ from edge.metadata import read_metadata
 from edge.model_file import read_model_bytes
 from edge.runtime import RuntimeMissingError, make_interpreter
 from trainer import atomic
-from trainer.data import DataError
+from trainer.data.dataset import DataError
+from trainer.export.variants import MODES
 from trainer.run_dir import LABELS, MODEL, PARITY, RunDir, sha256_bytes
-from trainer.variants import MODES
 from trainer.version import package_version
 
 MODEL_FILE = "model.tflite"

@@ -5,7 +5,7 @@ calibration photo produced: one unusual photo widens a tensor's range for every 
 8 bits then spread over values almost no photo reaches. Here each calibration photo's own
 min / max are recorded per tensor and the range becomes a quantile of them across photos (a few
 photos clip, every photo gets finer steps). The quantile is chosen on the val photos by the logit
-error against the float model (as int8's float layers are, :mod:`trainer.sensitivity`). On the
+error against the float model (as int8's float layers are, :mod:`trainer.export.sensitivity`). On the
 tf_flowers default run it halved the logit error and moved int8 agreement on the test photos
 from 98.3 % to 99.3 % (README; `convert` logs the error of every quantile).
 """
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from trainer.sensitivity import logit_error, outputs
-from trainer.tflite import quantize
+from trainer.export.sensitivity import logit_error, outputs
+from trainer.export.tflite import quantize
 
 # quantiles of the per-photo extremes tried; 1.0 is the calibration's own global min / max
 QUANTILES = (1.0, 0.99, 0.95, 0.9, 0.8)

@@ -26,7 +26,7 @@ from trainer import atomic
 MAGIC = b"ETF1"
 _HEADER = struct.Struct("<4scII")  # magic, kind (b"F" features | b"E" error), payload bytes, crc32
 FEATURES_DIR = "features"  # entries: features/<2 hex>/<62 hex>
-EXTRACTORS_DIR = "extractors"  # float32 TFLite copies of the frozen bases (trainer.features)
+EXTRACTORS_DIR = "extractors"  # float32 TFLite copies of the frozen bases (trainer.fit.features)
 
 
 def cache_root() -> Path:

@@ -1,7 +1,7 @@
 """Photos as a list of files, decoded in bounded chunks when a stage needs their pixels.
 
 No stage holds a dataset's decoded images: memory stays the same at 3,000 photos or 3 million.
-Decoding goes through ``trainer.data.load_images`` (so ``edge.preprocess``: the one preprocessing).
+Decoding goes through ``trainer.data.dataset.load_images`` (so ``edge.preprocess``: the one preprocessing).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.preprocess import PreprocessSpec
-from trainer import data
+from trainer.data import dataset
 
 CHUNK = 256  # photos decoded at a time: 38 MB of uint8 at 224x224
 
@@ -27,7 +27,7 @@ class Photos:
     spec: PreprocessSpec
 
     @classmethod
-    def of(cls, splits: data.Splits, name: str, spec: PreprocessSpec) -> "Photos":
+    def of(cls, splits: dataset.Splits, name: str, spec: PreprocessSpec) -> "Photos":
         return cls(tuple(splits.paths(name)), splits.targets(name), spec)
 
     def __len__(self) -> int:
@@ -49,7 +49,7 @@ class Photos:
             bar = tqdm(total=len(self), desc=progress, unit="img", mininterval=0.5)
         try:
             for start in range(0, len(self), size):
-                images, ok, _ = data.load_images(self.paths[start:start + size], self.spec)
+                images, ok, _ = dataset.load_images(self.paths[start:start + size], self.spec)
                 if bar is not None:
                     bar.update(len(ok))
                 yield images[ok], self.labels[start:start + size][ok]
@@ -59,5 +59,5 @@ class Photos:
 
     def decode(self) -> tuple[np.ndarray, np.ndarray]:
         """All of them at once: only for a small, bounded set (a plot's 16 photos, calibration)."""
-        images, ok, _ = data.load_images(self.paths, self.spec)
+        images, ok, _ = dataset.load_images(self.paths, self.spec)
         return images[ok], self.labels[ok]

@@ -17,8 +17,8 @@ from typing import Callable
 import numpy as np
 
 from edge.runtime import invoke, make_interpreter
-from trainer.calibration import representative_dataset
-from trainer.tflite import quantize, silenced
+from trainer.export.calibration import representative_dataset
+from trainer.export.tflite import quantize, silenced
 
 # layers with weights: where int8 rounds; adds and the input scaling only requantize
 CANDIDATE_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D")

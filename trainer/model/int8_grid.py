@@ -9,7 +9,7 @@ is what moved int8 away from Keras: the rounded network agrees with the original
 test photos, and int8 with 16-bit activations (16x8) did no better than plain int8 (96.4 %). A
 model whose folded weights already lie on the grid converts them exactly: its int8 file needs no
 float layers (logit error 0.148 -> 0.021 with the head alone in float; benchmarks/bench_int8.py),
-and with trainer.ranges it agrees on 99.3 %. The head trained on the snapped network scores
+and with trainer.export.ranges it agrees on 99.3 %. The head trained on the snapped network scores
 within the interval of the original's (README).
 """
 

@@ -1,8 +1,8 @@
 """Stage-1 features: the frozen base runs once per photo, streaming, through the feature cache.
 
 Photos go through in chunks (read, hash, look up, decode only the misses, extract), so memory
-does not grow with the dataset; the vectors land in the persistent cache (trainer.feature_cache)
-and in an (N, D) float32 table on disk for the run (trainer.rows). The base is converted once to a float32
+does not grow with the dataset; the vectors land in the persistent cache (trainer.data.feature_cache)
+and in an (N, D) float32 table on disk for the run (trainer.data.rows). The base is converted once to a float32
 TFLite file (kept in the cache, keyed by its weights) and run with XNNPACK on every core: 4.6-6.7x
 the images/s of Keras `predict` on a 2-core CPU (benchmarks/bench_train.py). Falls back to Keras
 when a base cannot convert.
@@ -21,9 +21,9 @@ import numpy as np
 
 from edge.preprocess import PreprocessSpec, prepare
 from trainer import atomic
-from trainer.feature_cache import EXTRACTORS_DIR, FeatureCache, content_digest, entry_key
-from trainer.rows import Rows
-from trainer.tflite import ConversionError, run_converter
+from trainer.data.feature_cache import EXTRACTORS_DIR, FeatureCache, content_digest, entry_key
+from trainer.data.rows import Rows
+from trainer.export.tflite import ConversionError, run_converter
 
 CHUNK = 64  # photos read and decoded ahead while the previous chunk runs through the base
 VIEWS = ("plain", "mirrored")
@@ -35,7 +35,7 @@ class Extractor:
     def __init__(self, feature_model, cache: FeatureCache, threads: int | None = None):
         import tensorflow as tf
 
-        from trainer.backbones import weights_digest
+        from trainer.model.backbones import weights_digest
 
         self.model = feature_model
         self.id = f"{feature_model.name}-{weights_digest(feature_model)}-tf{tf.__version__}"

@@ -16,7 +16,7 @@ import numpy as np
 from edge.metadata import read_metadata
 from edge.model_file import op_names
 from edge.runtime import make_interpreter
-from trainer.data import DataError
+from trainer.data.dataset import DataError
 
 INTEGER_TENSOR_TYPES = frozenset({"int8", "uint8", "int32"})
 # What the Task Library and MediaPipe accept as a quantized image input: raw pixels, i.e. the
@@ -76,8 +76,8 @@ class Quantization:
         return cls("int8", "int8 math, uint8 pixels in, float32 probabilities out (softmax in float): "
                    "phones and Raspberry Pi CPUs", weights="int8", io_dtype="uint8", output_dtype="float32",
                    optimize=True, calibrated=True, float_ops=("FULLY_CONNECTED", "SOFTMAX"), float_layers=True,
-                   # weights on the int8 grid (trainer.int8_grid) and activation ranges from per-photo
-                   # quantiles (trainer.ranges): the default tf_flowers run meets 99 % / -0.3 (README)
+                   # weights on the int8 grid (trainer.model.int8_grid) and activation ranges from per-photo
+                   # quantiles (trainer.export.ranges): the default tf_flowers run meets 99 % / -0.3 (README)
                    gate_min_agreement=99.0, gate_min_delta_acc=-0.3)
 
     @classmethod
@@ -89,11 +89,11 @@ class Quantization:
 
     def configure(self, converter) -> None:
         """Set a tf.lite.TFLiteConverter up for an uncalibrated mode (calibrated modes are made
-        from one calibrated model by trainer.tflite.quantize)."""
+        from one calibrated model by trainer.export.tflite.quantize)."""
         import tensorflow as tf
 
         if self.calibrated:
-            raise ValueError(f"{self.mode} is made by trainer.tflite.quantize, not by one converter run")
+            raise ValueError(f"{self.mode} is made by trainer.export.tflite.quantize, not by one converter run")
         if self.optimize:
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
         if self.weights == "float16":

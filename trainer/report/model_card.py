@@ -11,8 +11,8 @@ from pathlib import Path
 
 from edge.benchmark import size_mb
 from trainer import atomic
+from trainer.export.variants import MODES, inspect_model
 from trainer.run_dir import CONFIG, MODEL_CARD_JSON, MODEL_CARD_MD, REPORT, SPLITS, RunDir
-from trainer.variants import MODES, inspect_model
 
 INTENDED_USE = (
     "On-device classification of photos into the listed classes, for the kind of photos it was "

@@ -3,7 +3,7 @@ TF Hub feature vector (a tfhub.dev / Kaggle handle, or a SavedModel folder). Eve
 takes RGB 0..255 (its own normalization is a layer inside), so the trained model and its
 TFLite files share one input contract.
 
-Hub models load through trainer.hub (tensorflow_hub's cache layout, no tensorflow-hub package)
+Hub models load through trainer.model.hub (tensorflow_hub's cache layout, no tensorflow-hub package)
 and trainer.hub_layer (a Keras 3 layer that carries the SavedModel inside model.keras):
 `hub.KerasLayer` is a tf-keras (Keras 2) layer that a Keras 3 model refuses. Inference only,
 so hub backbones train the head but cannot be fine-tuned.
@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from trainer.config import BackboneConfig
-from trainer.int8_grid import snap_to_int8_grid
+from trainer.model.int8_grid import snap_to_int8_grid
 
-SHIPPED_WEIGHTS = Path(__file__).parent / "assets" / "mobilenet_v2_1.0_224_no_top.npz"
+SHIPPED_WEIGHTS = Path(__file__).parents[1] / "assets" / "mobilenet_v2_1.0_224_no_top.npz"
 
 
 class BackboneError(ValueError):
@@ -181,10 +181,11 @@ def build_application(cfg: BackboneConfig) -> Backbone:
 
 
 def build_hub(cfg: BackboneConfig) -> Backbone:
-    """hub:PATH (a SavedModel folder) or a TF Hub / Kaggle handle (resolved by trainer.hub)."""
+    """hub:PATH (a SavedModel folder) or a TF Hub / Kaggle handle (resolved by trainer.model.hub)."""
     import keras
 
-    from trainer import hub, hub_layer
+    from trainer import hub_layer
+    from trainer.model import hub
 
     name = cfg.name[len("hub:"):] if cfg.name.startswith("hub:") else cfg.name
     if hub.is_handle(name):

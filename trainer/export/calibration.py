@@ -7,23 +7,23 @@ from typing import Callable
 
 import numpy as np
 
-from trainer import data
-from trainer.data import DataError
+from trainer.data import dataset
+from trainer.data.dataset import DataError
 from trainer.run_dir import RunDir
 
 DEFAULT_CALIBRATION_IMAGES = 300
 
 
-def calibration_paths(splits: data.Splits, n: int, seed: int = 0) -> list[Path]:
+def calibration_paths(splits: dataset.Splits, n: int, seed: int = 0) -> list[Path]:
     """Up to ``n`` training photos, class-balanced and seeded: each class in turn gives its next
     photo (in a seeded shuffle) until n are chosen, so small classes are fully represented and
     the activation ranges see every class, whatever the class imbalance."""
     rng = np.random.default_rng(seed)
-    by_class: dict[int, list[data.Sample]] = {}
+    by_class: dict[int, list[dataset.Sample]] = {}
     for s in splits.train:
         by_class.setdefault(s.label, []).append(s)
     queues = [[members[i] for i in rng.permutation(len(members))] for _, members in sorted(by_class.items())]
-    chosen: list[data.Sample] = []
+    chosen: list[dataset.Sample] = []
     depth = 0
     while len(chosen) < n and any(depth < len(q) for q in queues):
         chosen.extend(q[depth] for q in queues if depth < len(q))
@@ -44,7 +44,7 @@ def calibration_images(run: RunDir, n: int, seed: int = 0) -> np.ndarray:
     splits = run.splits
     if not splits.train:
         raise DataError(f"{run.path}/splits.json has no training photos to calibrate int8 with")
-    images, ok, errors = data.load_images(calibration_paths(splits, n, seed), run.spec)
+    images, ok, errors = dataset.load_images(calibration_paths(splits, n, seed), run.spec)
     images = images[ok]
     if not len(images):
         raise DataError(f"no calibration photo could be read, e.g. {next(iter(errors.items()))}")
@@ -68,7 +68,7 @@ def selection_images(run: RunDir, limit: int = SELECTION_IMAGES) -> np.ndarray |
         paths = [paths[i] for i in np.linspace(0, len(paths) - 1, limit).round().astype(int)]
     if not paths:
         return None
-    images, ok, _ = data.load_images(paths, run.spec)
+    images, ok, _ = dataset.load_images(paths, run.spec)
     return images[ok] if ok.any() else None
 
 

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer import data, metrics
-from trainer.data import DataError
-from trainer.model_io import keras_probabilities, load_keras
-from trainer.photos import CHUNK, Photos
+from trainer.data import dataset
+from trainer.data.dataset import DataError
+from trainer.data.photos import CHUNK, Photos
+from trainer.model.model_io import keras_probabilities, load_keras
+from trainer.report import metrics
 from trainer.run_dir import CONFIG, LABELS, MODEL, RunDir
 
 
@@ -19,12 +20,12 @@ def evaluate_folder(run_dir: str | Path, folder: str | Path) -> dict:
     run = RunDir.open(run_dir, require=(MODEL, LABELS, CONFIG))
     labels = run.labels
     root = Path(folder)
-    classes = data.list_classes(root)
+    classes = dataset.list_classes(root)
     unknown = [c for c in classes if c not in labels]
     if unknown:
         raise DataError(f"class folders not in the model's labels {labels}: {unknown}")
-    samples = [data.Sample(p.relative_to(root).as_posix(), labels.index(c))
-               for c in classes for p in data.list_images(root / c)]
+    samples = [dataset.Sample(p.relative_to(root).as_posix(), labels.index(c))
+               for c in classes for p in dataset.list_images(root / c)]
     if not samples:
         raise DataError(f"no images found in {root}")
     model = load_keras(run / MODEL)
@@ -32,7 +33,7 @@ def evaluate_folder(run_dir: str | Path, folder: str | Path) -> dict:
     probs, ys, skipped = [], [], []
     for start in tqdm(range(0, len(photos), CHUNK), desc="evaluate", unit="chunk"):  # bounded memory
         part = photos.take(range(start, min(start + CHUNK, len(photos))))
-        images, ok, errors = data.load_images(part.paths, run.spec)
+        images, ok, errors = dataset.load_images(part.paths, run.spec)
         probs.append(keras_probabilities(model, images[ok]))
         ys.append(part.labels[ok])
         skipped += [{"path": p, "reason": r} for p, r in errors.items()]

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer import metrics
-from trainer.backbones import Backbone, BackboneError
-from trainer.cluster import Cluster, all_sum, cluster_errors
 from trainer.config import SCHEDULES, RunConfig
-from trainer.photos import Photos
+from trainer.data.photos import Photos
+from trainer.fit.cluster import Cluster, all_sum, cluster_errors
+from trainer.fit.head import balanced_class_weights
+from trainer.model.backbones import Backbone, BackboneError
 
 KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 PREFIX = "fine_tune-"  # checkpoint sub-folder: PREFIX + fingerprint of the configuration
@@ -254,7 +254,7 @@ def _fine_tune(cfg, backbone, model, train, val, n_classes, strategy, cluster, c
     with strategy.scope():
         optimizer = keras.optimizers.Adam(learning_rate(t, plan.steps))
         optimizer.build(variables)
-    class_weight = metrics.balanced_class_weights(train.labels, n_classes) if t.class_weights else None
+    class_weight = balanced_class_weights(train.labels, n_classes) if t.class_weights else None
     weights = (np.array([class_weight[int(c)] for c in train.labels], np.float32) if class_weight
                else np.ones(len(train), np.float32))
     smoothing = t.label_smoothing

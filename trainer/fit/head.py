@@ -16,9 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer import metrics
-from trainer.backbones import Backbone
 from trainer.config import RunConfig
+from trainer.model.backbones import Backbone
 
 CHUNK = 2048  # feature rows per pass step: 10 MB at D=1280 (memory the same at any dataset size)
 GTOL, FTOL = 1e-5, 1e-9  # L-BFGS stopping rules
@@ -59,7 +58,7 @@ def write_tensorboard(logdir: Path, history: dict[str, list[float]]) -> None:
 class _Problem:
     """Features, targets and per-photo weights of one split, and the loss settings."""
 
-    x: np.ndarray  # (N, D): an array, a memmap or trainer.rows.Rows, read CHUNK rows at a time
+    x: np.ndarray  # (N, D): an array, a memmap or trainer.data.rows.Rows, read CHUNK rows at a time
     y: np.ndarray
     weights: np.ndarray
     n_classes: int
@@ -134,6 +133,12 @@ def _nll(head: LinearHead, x, y) -> float:
     return float(-np.mean(np.log(p[np.arange(len(y)), y] + 1e-12)))
 
 
+def balanced_class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
+    """n / (k * count_c): each class contributes equally to the loss."""
+    counts = np.bincount(np.asarray(y, np.int64), minlength=n_classes).astype(float)
+    return {c: float(len(y) / (n_classes * counts[c])) if counts[c] else 0.0 for c in range(n_classes)}
+
+
 def train_head(cfg: RunConfig, x_train, y_train, x_val, y_val, n_classes: int) -> tuple[LinearHead, dict]:
     """Solve the head for each L2 of the grid (strongest first, warm-started) and keep the one with
     the lowest validation log-loss (its choice moved tf_flowers test accuracy more than anything
@@ -142,7 +147,7 @@ def train_head(cfg: RunConfig, x_train, y_train, x_val, y_val, n_classes: int) -
     from tqdm.auto import tqdm
 
     t = cfg.train
-    weights = metrics.balanced_class_weights(y_train, n_classes) if t.class_weights else None
+    weights = balanced_class_weights(y_train, n_classes) if t.class_weights else None
     per_photo = np.array([weights[int(c)] for c in y_train], np.float64) if weights else np.ones(len(y_train))
     mean = _column_mean(x_train)
     problem = _Problem(x_train, np.asarray(y_train, np.int64), per_photo, n_classes, t.label_smoothing, mean)

@@ -2,7 +2,7 @@
 
 `python -m trainer bench RUN_DIR [--threads 1,2] [--runs 50] [--warmup 5]`, in the manner of
 Ultralytics' benchmark: one row per variant of the converter's mode table
-(:data:`trainer.variants.MODES`), in its order, plus model.keras as the reference line.
+(:data:`trainer.export.variants.MODES`), in its order, plus model.keras as the reference line.
 
 status     how far the file got: missing (no file) < invalid (the runtime rejects it) < exported
            (loads, but breaks its mode's promises) < verified (dtypes/quantization/ops as promised)
@@ -28,9 +28,9 @@ from edge.benchmark import size_mb, time_invoke
 from edge.flatbuffer import InvalidModelError
 from edge.runtime import RuntimeMissingError, load_backend, make_interpreter
 from trainer import atomic
-from trainer.data import DataError
+from trainer.data.dataset import DataError
+from trainer.export.variants import MODES, verify
 from trainer.run_dir import BENCH_JSON, BENCH_MD, MODEL, ParityFile, RunDir, sha256_bytes
-from trainer.variants import MODES, verify
 
 DEFAULT_THREADS = (1, 2)
 DEFAULT_RUNS = 50
