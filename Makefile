@@ -3,15 +3,17 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 DATA   ?= data/sample_flowers
-OUT    ?= runs/latest
-# the run that `make tflite/android/bench` use: RUN=dir, else the last `make train`
-RUN    ?= $(shell cat runs/LAST 2>/dev/null || echo $(OUT))
+SEED   ?= 42
+# OUT: unset, `trainer train` writes a new runs/train, runs/train2, ... and records it in runs/LAST
+OUT    ?=
+# the run that `make tflite/android/bench` use: RUN=dir, else OUT, else the last `make train`
+RUN    ?= $(or $(OUT),$(shell cat runs/LAST 2>/dev/null),runs/train)
 VARIANT ?= int8
 
 .PHONY: help setup train tflite android bench test test-fast test-pi fuzz client-venvs debian-packages clean
 
 help:
-	@echo "make train [DATA=dir] [OUT=dir]   train (default: the shipped sample photos)"
+	@echo "make train [DATA=dir] [OUT=dir [OVERWRITE=1]] [SEED=42]  train (default: the sample photos -> new runs/trainN)"
 	@echo "make tflite [RUN=dir]             convert the last run to all TFLite variants + parity"
 	@echo "make android [RUN=dir] [VARIANT=int8]  fill android_assets/"
 	@echo "make bench [RUN=dir]              size / accuracy / latency table for every variant"
@@ -30,9 +32,10 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+# an OUT that holds a run is refused unless OVERWRITE=1 (replaced whole); train records its own runs/trainN
 train: setup
-	$(PY) -m trainer train --data "$(DATA)" --out "$(OUT)"
-	@mkdir -p runs && echo "$(OUT)" > runs/LAST
+	$(PY) -m trainer train --data "$(DATA)" --seed $(SEED)$(if $(OUT), --out "$(OUT)")$(if $(OVERWRITE), --overwrite)
+	$(if $(OUT),@mkdir -p runs && echo "$(OUT)" > runs/LAST)
 
 tflite: setup
 	$(PY) -m trainer convert "$(RUN)" --mode all

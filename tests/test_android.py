@@ -20,6 +20,7 @@ import pytest
 
 from tests.client_venvs import assert_top_category, client_classify
 from tests.conftest import copy_run, run_cli
+from trainer import atomic
 from trainer.ship import android as bundling
 
 BUNDLE = [".gitkeep", "README.md", "labels.txt", "manifest.json", "model.tflite"]
@@ -136,6 +137,12 @@ def _drop_parity(run: Path) -> None:
     (run / "parity.json").unlink()
 
 
+def _other_model(run: Path) -> None:
+    """parity.json (and so its variants) made for an older model.keras of this folder."""
+    path = run / "parity.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "keras_sha256": "0" * 64}))
+
+
 def _other_labels(run: Path) -> None:
     labels = (run / "labels.txt").read_text().splitlines()
     (run / "labels.txt").write_text("\n".join([labels[1], labels[0], *labels[2:]]) + "\n")
@@ -147,6 +154,7 @@ REFUSALS = {
     "label_count": (_six_labels, "6 labels but the model outputs 5"),
     "no_parity": (_drop_parity, "parity.json not found"),
     "labels_differ": (_other_labels, "differ from"),
+    "other_model": (_other_model, "made for another model.keras"),
 }
 
 
@@ -197,7 +205,7 @@ def test_a_crash_leaves_the_old_bundle_whole(crash, converted, bundle, tmp_path,
         real_rename = bundling.os.rename
 
         def rename(src, dst):
-            if Path(dst) == dest and ".new." in Path(src).name:
+            if Path(dst) == dest and atomic.NEW_MARK in Path(src).name:
                 raise OSError("power cut")
             return real_rename(src, dst)
 

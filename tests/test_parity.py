@@ -39,16 +39,20 @@ def test_tie_rule_counts_keras_top1_among_tied_tflite_maxima(fake_model):
     assert p.n == 4 and p.passed
 
 
-def test_thresholds_fail_exactly_past_their_bounds(fake_model):
+def test_thresholds_fail_only_on_evidence(fake_model):
+    """max |dp| is a bound on every photo; one flip in four is no evidence of agreement < 75.1 %,
+    while flipping every photo is (tests/test_gate_evidence.py has the statistics)."""
     keras = np.eye(4, dtype=np.float32)
     tflite = keras.copy()
     tflite[3] = [0.0, 0.0, 0.9, 0.1]  # one of four flips: agreement 75%, accuracy -25 points
     y = np.arange(4)
-    at_bounds = Thresholds(max_abs_dp=0.9, min_delta_acc=-25.0, min_agreement=75.0)
-    assert compare("int8", fake_model, keras, tflite, y, at_bounds).passed
     tight = Thresholds(max_abs_dp=0.89, min_delta_acc=-24.9, min_agreement=75.1)
-    failures = compare("int8", fake_model, keras, tflite, y, tight).failures
-    assert len(failures) == 3 and any("agreement 75.00% < 75.1%" in f for f in failures)
+    p = compare("int8", fake_model, keras, tflite, y, tight)
+    assert p.failures == ["max |dp| 0.9 > 0.89"] and p.decision == "fail"
+    loose = compare("int8", fake_model, keras, tflite, y, Thresholds(min_delta_acc=-24.9, min_agreement=75.1))
+    assert loose.passed and loose.decision == "undecided" and loose.evidence["agreement"]["point"] == 75.0
+    all_wrong = compare("int8", fake_model, keras, np.roll(keras, 1, axis=1), y, Thresholds(min_agreement=60.0))
+    assert all_wrong.decision == "fail" and all_wrong.failures[0].startswith("agreement 0.00%")
 
 
 def test_default_thresholds_match_the_documented_gate():

@@ -85,7 +85,8 @@ def test_two_loopback_workers_match_one_process(tmp_path):
 
 @pytest.mark.slow
 def test_a_killed_train_resumes_fine_tuning_when_the_same_command_runs_again(tmp_path):
-    """SIGKILL after the first fine-tuning epoch is saved; the same command then goes on from it."""
+    """SIGKILL after the first fine-tuning epoch is saved; the same command then goes on from it
+    (with --overwrite: the killed run left its inputs in the folder, and a run is never mixed)."""
     from tests.fine_tune_worker import saved
 
     cache = _cache(tmp_path, "cache")
@@ -102,7 +103,7 @@ def test_a_killed_train_resumes_fine_tuning_when_the_same_command_runs_again(tmp
         if first.poll() is None:
             first.kill()
     assert first.returncode == -signal.SIGKILL and not (tmp_path / "run" / "model.keras").exists()
-    again = _train(tmp_path / "run", cache, extra=flags)
+    again = _train(tmp_path / "run", cache, extra=[*flags, "--overwrite"])
     stdout, stderr = again.communicate(timeout=600)
     assert again.returncode == 0, stderr[-3000:]
     assert "resuming fine-tuning after epoch 1" in stdout + stderr

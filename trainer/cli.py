@@ -1,4 +1,4 @@
-"""`python -m trainer`: train, evaluate, convert, android, bench, cache.
+"""`python -m trainer`: train, evaluate, convert, android, bench, check, cache.
 
 TensorFlow is imported inside the commands, so `--help` answers at once. User errors (bad
 data, bad backbone, bad run directory) print one line and exit with code 2.
@@ -49,7 +49,10 @@ def _quiet_tensorflow() -> None:
 @app.command()
 def train(
     data: Optional[Path] = typer.Option(None, "--data", help="Folder with one sub-folder of photos per class."),
-    out: Path = typer.Option(..., "--out", help="Run directory to write (model.keras, report.json, ...)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run directory to write (model.keras, report.json, "
+                                       "...) [a new runs/train, runs/train2, ..., recorded in runs/LAST]."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="--out may hold a run: build the new one beside "
+                                   "it and swap it in whole at the end (no file of the old model stays)."),
     config: Optional[Path] = typer.Option(None, "--config", help="Repeat a run: its config.json (other options "
                                           "are ignored, except --data and --out)."),
     backbone: str = typer.Option("mobilenet_v2", help="mobilenet_v2 | a keras.applications name | a TF Hub or Kaggle model URL | hub:PATH"),
@@ -105,19 +108,34 @@ def train(
                                 label_smoothing=label_smoothing, tensorboard=tensorboard, threads=threads),
             seed=seed,
         )
+    target = _output(out, overwrite)
     _quiet_tensorflow()
     from trainer.fit import stages as training
 
     try:
-        report = training.run(cfg, out)
+        report = training.run(cfg, target)
     except _user_errors() as exc:
+        target.abandon()
         _fail(str(exc))
     if report is None:  # a worker other than the chief: its share is done, the chief writes RUN_DIR
         typer.echo("worker done: the chief (worker 0) writes the run directory")
         return
     test = report["splits"]["test"]
     typer.echo(f"test accuracy {test['accuracy']} on {test['n']} photos; skipped {len(report['skipped'])} files; "
-               f"{report['timings']['total_s']:.1f} s; wrote {out}")
+               f"{report['timings']['total_s']:.1f} s; wrote {target.final}" + (", recorded in runs/LAST" if target.named else ""))
+
+
+def _output(out: Optional[Path], overwrite: bool):
+    """Where `train` writes, checked before TensorFlow loads: a run in --out is refused without
+    --overwrite; no --out is a new runs/<name>."""
+    from trainer.fit.cluster import Cluster
+    from trainer.run_dir import Output
+
+    try:
+        cluster = Cluster.from_env()
+        return Output.choose(out, overwrite, cluster.workers, cluster.is_chief, log=typer.echo)
+    except _user_errors() as exc:
+        _fail(str(exc))
 
 
 @app.command()
@@ -147,17 +165,19 @@ def convert(
                                                     "the val photos [0 for a model on the int8 grid, else 6]."),
     float32_max_dp: Optional[float] = typer.Option(None, help="Gate: max |p_tflite - p_keras| of float32 [1e-4]."),
     float16_max_dp: Optional[float] = typer.Option(None, help="Gate: max |p_tflite - p_keras| of float16 [0.05]."),
-    min_delta_acc: Optional[float] = typer.Option(None, help="Gate of every quantized variant: accuracy change vs "
-                                                  "Keras, points [int8 -0.3; dynamic, full_int8 -1]."),
-    min_agreement: Optional[float] = typer.Option(None, help="Gate of every quantized variant: % of photos with "
-                                                  "Keras' top-1 [int8 99; dynamic, full_int8 97]."),
+    min_delta_acc: Optional[float] = typer.Option(None, help="Tolerance of every quantized variant: accuracy change "
+                                                  "vs Keras, points [int8 -0.3; dynamic, full_int8 -1]; fails only "
+                                                  "when the photos show a breach at 95 % (McNemar)."),
+    min_agreement: Optional[float] = typer.Option(None, help="Tolerance of every quantized variant: % of photos "
+                                                  "with Keras' top-1 [int8 99; dynamic, full_int8 97]; fails only "
+                                                  "when the photos show a breach at 95 % (binomial)."),
     author: str = typer.Option("edge-transfer", help="Metadata author."),
     license: str = typer.Option("Apache-2.0", help="Metadata license."),
     seed: int = typer.Option(0, help="Seed of the calibration photo choice."),
     threads: int = typer.Option(0, help="Interpreter threads for the parity check (0: all cores)."),
 ):
     """Export model_<mode>.tflite files with metadata, check them against model.keras (parity.json,
-    exit 1 when a variant falls past its thresholds) and write the model card."""
+    exit 1 when the photos show a variant worse than its tolerances) and write the model card."""
     _quiet_tensorflow()
     from trainer.export.tflite import ConversionError
     from trainer.export.variants import resolve_modes
@@ -175,6 +195,8 @@ def convert(
     except ConversionError as exc:
         _fail(str(exc), 1)
     typer.echo(report.table())
+    for line in report.warnings():
+        typer.echo(line, err=True)
     if not report.passed:
         _fail("parity gate failed: " + ", ".join(v.mode for v in report.variants if not v.passed), 1)
 
@@ -221,6 +243,29 @@ def bench(
     page.refresh(run_dir)
     typer.echo(report.markdown())
     typer.echo(f"wrote {md} and {js.name}")
+
+
+@app.command()
+def check(run_dir: Path = typer.Argument(..., help="A training run directory.")):
+    """One line per file of the run: ok, stale (made for another model.keras, or not checked
+    against this one) or missing. Exit 0 when every file present belongs to model.keras, else 2."""
+    from trainer.export.variants import MODES
+    from trainer.run_dir import MISSING, RunDir, check_files
+
+    try:
+        run = RunDir.open(run_dir, require=())
+    except _user_errors() as exc:
+        _fail(str(exc))
+    states = check_files(run, MODES)
+    for s in states:
+        typer.echo(f"{s.state:<8} {s.name}" + (f"  {s.note}" if s.note else ""))
+    missing = [s.name for s in states if s.bad and s.state == MISSING]
+    stale = [s.name for s in states if s.bad and s.state != MISSING]
+    if missing:
+        _fail(f"{run_dir} is not a complete training run: {', '.join(missing)} missing")
+    if stale:
+        _fail(f"{run_dir}: {', '.join(stale)} do not belong to its model.keras: "
+              f"run `python -m trainer convert {run_dir}` again")
 
 
 cache_app = new_app("The persistent feature cache (EDGE_TRANSFER_CACHE, "

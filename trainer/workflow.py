@@ -29,6 +29,9 @@ def convert_run(run_dir: str | Path, modes: list[str], calibration_count: int = 
         raise DataError(f"--int8-float-layers must be >= 0, got {float_layers}")
     for stale in run.clean_stale_temps():
         log(f"removed {stale.name} (left by a run that was killed)")
+    foreign = run.clear_foreign()  # variants of an older model.keras: all of them go, not only those redone
+    if foreign:
+        log(f"removed {', '.join(foreign)}: made for another model.keras")
     model = load_keras(run / MODEL)
     export(run.path, modes, calibration_count, seed, author, license, keras_model=model, log=log,
            float_layers=float_layers)

@@ -84,11 +84,16 @@ def outputs(model: bytes, images: np.ndarray) -> np.ndarray:
     return out
 
 
-def logit_error(probs: np.ndarray, reference: np.ndarray) -> float:
-    """Mean squared difference of the logits (log-probabilities, centered per photo): what
-    moves a decision, whichever class is affected, unlike max |dp| or a count of flips."""
+def logit_errors(probs: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Per photo: mean squared difference of the logits (log-probabilities, centered per photo):
+    what moves a decision, whichever class is affected, unlike max |dp| or a count of flips."""
     d = np.log(np.clip(probs, 1e-12, 1)) - np.log(np.clip(reference, 1e-12, 1))
-    return float(np.mean((d - d.mean(axis=1, keepdims=True)) ** 2))
+    return np.mean((d - d.mean(axis=1, keepdims=True)) ** 2, axis=1)
+
+
+def logit_error(probs: np.ndarray, reference: np.ndarray) -> float:
+    """:func:`logit_errors` averaged over the photos."""
+    return float(np.mean(logit_errors(probs, reference)))
 
 
 def candidate_layers(calibrated: bytes) -> list[str]:

@@ -34,7 +34,7 @@ from trainer.model.backbones import Backbone, build_backbone, resolved
 from trainer.model.int8_grid import snap_to_int8_grid
 from trainer.model.model_io import photo_probabilities
 from trainer.report import metrics, page, plots
-from trainer.run_dir import CONFIG, LABELS, MODEL, REPORT, SPLITS, RunDir
+from trainer.run_dir import CONFIG, LABELS, MODEL, REPORT, SPLITS, Output
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -249,22 +249,26 @@ def checkpoint_dir(cfg: RunConfig, out: Path, cluster: Cluster) -> Path:
     return cache_root() / "checkpoints" / key / f"worker_{cluster.rank}"
 
 
-def run(cfg: RunConfig, out: Path) -> dict | None:
+def run(cfg: RunConfig, out: Path | Output) -> dict | None:
     """The whole `train` command on this worker. Returns the report (also written to
-    out/report.json) on the chief; None on the other workers, which write nothing into ``out``."""
+    report.json) on the chief; None on the other workers, which write nothing into the run.
+
+    ``out``: an :class:`Output` (the CLI checks --out before TensorFlow loads), or a folder that
+    holds no run yet. The chief writes into ``Output.start()`` (the run folder, or the hidden
+    sibling a replaced run is built in) and ``Output.finish()`` swaps it in at the very end; the
+    checkpoint key is the final folder, so a killed run resumes however it was started."""
     t_start = time.perf_counter()
     timer = Timer()
-    out = Path(out)
-    cfg = dataclasses.replace(cfg, backbone=resolved(cfg.backbone))
     cluster = Cluster.from_env()
+    target = out if isinstance(out, Output) else Output.choose(Path(out), workers=cluster.workers,
+                                                                chief=cluster.is_chief)
+    cfg = dataclasses.replace(cfg, backbone=resolved(cfg.backbone))
     ds = scan_dataset(cfg)
     strategy = make_strategy(cluster)  # before any other TensorFlow op
     import keras
 
     keras.utils.set_random_seed(cfg.seed)
-    if cluster.is_chief:
-        out.mkdir(parents=True, exist_ok=True)
-        RunDir(out).clean_stale_temps()
+    build = target.start() if cluster.is_chief else target.final  # the others never write there
     with strategy.scope():
         backbone = build_backbone(cfg.backbone)
     with tempfile.TemporaryDirectory(prefix="edge-transfer-features-") as work:
@@ -272,14 +276,15 @@ def run(cfg: RunConfig, out: Path) -> dict | None:
         fine_tuning = bool(cfg.train.fine_tune_layers or cfg.train.fine_tune_from)
         report = None
         if cluster.is_chief:
-            write_inputs(cfg, ds, feats.splits, out)
+            write_inputs(cfg, ds, feats.splits, build)
         if cluster.is_chief or fine_tuning:  # the others' share of the features is in the cache
-            trained = fit(cfg, backbone, ds, feats, out, timer, strategy, checkpoint_dir(cfg, out, cluster))
+            trained = fit(cfg, backbone, ds, feats, build, timer, strategy, checkpoint_dir(cfg, target.final, cluster))
             probs = evaluate(trained, ds, feats, timer, strategy)  # fine-tuned: each worker its share
         if cluster.is_chief:
             report = build_report(cfg, ds, feats, trained, probs, timer, cluster.workers)
             timer.seconds["total_s"] = time.perf_counter() - t_start
-            write_outputs(out, trained, ds, feats, probs, report, timer)
+            write_outputs(build, trained, ds, feats, probs, report, timer)
+            target.finish(build)  # a replaced run: renames only, the old one goes whole
     if cluster.workers > 1:
         barrier(strategy)  # everyone stays until the chief has written: no peer vanishes mid-run
     return report

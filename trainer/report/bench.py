@@ -7,7 +7,8 @@ Ultralytics' benchmark: one row per variant of the converter's mode table
 status     how far the file got: missing (no file) < invalid (the runtime rejects it) < exported
            (loads, but breaks its mode's promises) < verified (dtypes/quantization/ops as promised)
            < parity passed | parity FAILED (parity.json's gate for this very file, by sha256;
-           an entry for another file is "stale" and ignored).
+           an entry for another file is "stale" and ignored). A parity.json made for another
+           model.keras is refused (one line, exit 2): its variants are that model's.
 accuracy   top-1 on the held-out split and the change vs Keras, from parity.json (the numbers
            of the edge runtime on real photos); this command does not re-measure them.
 latency    bare set_tensor + invoke through the edge runtime (edge.benchmark.time_invoke, the
@@ -156,6 +157,7 @@ def run(run_dir: str | Path, threads: list[int] | tuple[int, ...] = DEFAULT_THRE
     if runs < 1 or warmup < 0:
         raise DataError(f"--runs must be >= 1 and --warmup >= 0, got {runs} and {warmup}")
     run = RunDir.open(run_dir, require=())
+    run.refuse_foreign_parity()  # another model's accuracy is never shown as this one's
     threads = list(threads)
     parity = run.parity()
     rows = []
@@ -168,6 +170,7 @@ def run(run_dir: str | Path, threads: list[int] | tuple[int, ...] = DEFAULT_THRE
     keras_path = run / MODEL
     keras = {"file": keras_path.name,
              "size_mb": size_mb(keras_path.stat().st_size) if keras_path.is_file() else None,
+             "sha256": run.model_digest if keras_path.is_file() else None,  # `trainer check`: which model
              "accuracy": parity.data.get("keras_accuracy"), "parity_split": parity.data.get("split"),
              "parity_n": parity.data.get("n")}
     try:

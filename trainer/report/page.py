@@ -19,7 +19,7 @@ from edge.preprocess import PreprocessSpec, prepare
 from trainer import atomic
 from trainer.data.dataset import DataError
 from trainer.report.metrics import wilson
-from trainer.run_dir import read_json
+from trainer.run_dir import RunDir, read_json
 
 THUMB_PX = 96
 
@@ -75,10 +75,19 @@ def _acc_ci(accuracy, n) -> str:
     return f"{accuracy:.4f} <span class=muted>[{lo:.3f}, {hi:.3f}]</span>"
 
 
-def _gate(passed) -> str:
+def _gate(passed, variant: dict | None = None) -> str:
     if passed is None:
         return "–"
+    if passed and variant and variant.get("decision") == "undecided":
+        return f'<span class="muted">undecided: too few photos (~{_e(variant.get("photos_needed"))} needed)</span>'
     return '<span class="pass">pass</span>' if passed else '<span class="fail">FAIL</span>'
+
+
+def _agreement(v: dict) -> str:
+    """Agreement with its 90 % interval (the one-sided 95 % bounds the gate decides on)."""
+    found = (v.get("evidence") or {}).get("agreement")
+    bounds = f' <span class=muted>[{found["low"]:.1f}, {found["high"]:.1f}]</span>' if found else ""
+    return _num(v.get("agreement"), "{:.2f}") + bounds
 
 
 def thumbnail(path: Path, spec: PreprocessSpec) -> str | None:
@@ -92,6 +101,11 @@ def thumbnail(path: Path, spec: PreprocessSpec) -> str | None:
     buf = io.BytesIO()
     Image.fromarray(pixels).resize((THUMB_PX, THUMB_PX), Image.Resampling.LANCZOS).save(buf, "JPEG", quality=85)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _name(run_dir: Path) -> str:
+    """The run's name, also while `train --overwrite` builds it in a hidden sibling."""
+    return atomic.final_name(run_dir.resolve())
 
 
 def _png(path: Path) -> str | None:
@@ -120,7 +134,7 @@ def _summary(run_dir: Path, report: dict, config: dict, labels: list[str]) -> st
     backbone = config.get("backbone", {})
     size = config.get("preprocess", {}).get("size")
     sub = f"backbone <code>{_e(backbone.get('name', '?'))}</code>" + (f", {size[0]}×{size[1]} px" if size else "")
-    return (f"<h1>Training report: {_e(run_dir.resolve().name)}</h1><p class=muted>{sub}; "
+    return (f"<h1>Training report: {_e(_name(run_dir))}</h1><p class=muted>{sub}; "
             f"data <code>{_e(config.get('data', {}).get('dir', ''))}</code></p><div class=cards>"
             + "".join(f"<div class=card><b>{v}</b><span>{k}</span></div>" for v, k in cards) + "</div>")
 
@@ -218,11 +232,11 @@ def _parity(parity: dict | None) -> str:
     for mode, v in parity.get("variants", {}).items():
         rows.append([f"<b>{_e(mode)}</b>", f"<code>{_e(v.get('file'))}</code>", v.get("n"),
                      _acc_ci(v.get("accuracy"), v.get("n", 0)), _num(v.get("delta_acc"), "{:+.2f}"),
-                     _num(v.get("agreement"), "{:.2f}"), _num(v.get("strict_agreement"), "{:.2f}"),
+                     _agreement(v), _num(v.get("strict_agreement"), "{:.2f}"),
                      _num(v.get("max_abs_dp"), "{:.1e}"), _num(v.get("mean_abs_dp"), "{:.1e}"),
-                     _gate(v.get("passed"))])
-    head = ["variant", "file", "n", "accuracy [95 % CI]", "Δacc (pt)", "agreement %", "strict %", "max |Δp|",
-            "mean |Δp|", "gate"]
+                     _gate(v.get("passed"), v)])
+    head = ["variant", "file", "n", "accuracy [95 % CI]", "Δacc (pt)", "agreement % [90 % CI]", "strict %",
+            "max |Δp|", "mean |Δp|", "gate"]
     failed = "".join(f"<li><b>{_e(mode)}</b>: {_e('; '.join(v['failures']))}</li>"
                      for mode, v in parity.get("variants", {}).items() if v.get("failures"))
     return (f"<section><h2>TFLite parity</h2><p>Every variant against model.keras on {_e(parity.get('n'))} "
@@ -267,6 +281,17 @@ def _model_card(card: dict | None) -> str:
                if rows else "") + f"<p><b>Limitations.</b></p><ul>{limits}</ul></section>")
 
 
+def _converted(run_dir: Path) -> list[str]:
+    """Parity, bench and model card, unless parity.json was made for another model.keras: a
+    page never shows another model's numbers as this one's."""
+    if RunDir(run_dir).parity().foreign():
+        return ['<section><h2>TFLite variants</h2><p class=fail>parity.json and the variants were made for '
+                f'another model.keras: not shown. Run <code>python -m trainer convert {_e(run_dir)}</code> '
+                'again.</p></section>']
+    return [_parity(read_json(run_dir / "parity.json")), _bench(read_json(run_dir / "bench.json")),
+            _model_card(read_json(run_dir / "model_card.json"))]
+
+
 def render(run_dir: str | Path) -> str:
     """The page as a string, from the run directory's files only."""
     run_dir = Path(run_dir)
@@ -280,13 +305,12 @@ def render(run_dir: str | Path) -> str:
               else report.get("labels") or (splits or {}).get("labels", []))
     body = "".join([
         _summary(run_dir, report, config, labels), _dataset(report, splits, labels), _metrics(report, labels),
-        _curves(run_dir), _mistakes(report, splits, config), _parity(read_json(run_dir / "parity.json")),
-        _bench(read_json(run_dir / "bench.json")), _model_card(read_json(run_dir / "model_card.json")),
+        _curves(run_dir), _mistakes(report, splits, config), *_converted(run_dir),
         f"<section><h2>Configuration</h2><details><summary>config.json</summary><pre>{_e(json.dumps(config, indent=2))}"
         "</pre></details></section>" if config else "",
     ])
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
-            f'content="width=device-width, initial-scale=1"><title>{_e(run_dir.resolve().name)}: training report</title>'
+            f'content="width=device-width, initial-scale=1"><title>{_e(_name(run_dir))}: training report</title>'
             f"<style>{CSS}</style></head><body><main>{body}</main></body></html>\n")
 
 

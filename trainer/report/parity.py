@@ -14,6 +14,8 @@ Definitions (also written into parity.json):
                  index order as a disagreement would measure tie-breaking, not the model.
   strict_agreement  the same without the tie rule (edge top-1 == Keras top-1); ties counts them.
   max/mean |dp|  over every photo and class, |p_tflite - p_keras|.
+  decision       pass / fail / undecided: agreement and delta_acc are tolerances judged on evidence
+                 (trainer.report.evidence): fail only when the photos show a breach at 95 %.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from trainer.data.dataset import DataError
 from trainer.data.photos import Photos
 from trainer.export.variants import MODES
 from trainer.model.model_io import keras_probabilities, load_keras
+from trainer.report import evidence
 from trainer.report.metrics import ci95
 from trainer.run_dir import MODEL, PARITY, RunDir, sha256_file
 
@@ -41,26 +44,48 @@ DEFINITIONS = {
     "ties": "photos whose TFLite scores have an exact tie for the maximum",
     "max_abs_dp": "max over photos and classes of |p_tflite - p_keras|",
     "mean_abs_dp": "mean over photos and classes of |p_tflite - p_keras|",
+    "evidence": "per tolerance: point estimate, exact one-sided 95 % low / high bounds (together a 90 % "
+                "interval), breach = the high bound is below the tolerance (binomial test for agreement, "
+                "McNemar with the tolerance as margin for delta_acc)",
+    "decision": "fail: a tolerance is breached on the evidence (or max |dp| exceeded); undecided: the split "
+                "is too small to show a breach (photos_needed would); pass otherwise",
 }
 
 
 @dataclass(frozen=True)
 class Thresholds:
-    """A variant passes when every set bound holds (None: not checked)."""
+    """A variant's tolerances (None: not checked). max |dp| is a bound on every photo; agreement
+    and accuracy change are judged on evidence (:mod:`trainer.report.evidence`)."""
 
     max_abs_dp: float | None = None
     min_delta_acc: float | None = None  # percentage points
     min_agreement: float | None = None  # percent
 
-    def failures(self, p: "VariantParity") -> list[str]:
-        out = []
-        if self.max_abs_dp is not None and not p.max_abs_dp <= self.max_abs_dp:
-            out.append(f"max |dp| {p.max_abs_dp:.3g} > {self.max_abs_dp:g}")
-        if self.min_delta_acc is not None and not p.delta_acc >= self.min_delta_acc:
-            out.append(f"delta acc {p.delta_acc:+.2f} points < {self.min_delta_acc:+g}")
-        if self.min_agreement is not None and not p.agreement >= self.min_agreement:
-            out.append(f"agreement {p.agreement:.2f}% < {self.min_agreement:g}%")
-        return out
+    def judge(self, n: int, max_abs_dp: float, counts: "Counts") -> tuple[dict, list[str], str, int | None]:
+        """(evidence per measure, failures, decision, photos needed when undecided)."""
+        found = {}
+        if self.min_agreement is not None:
+            found["agreement"] = evidence.agreement(n, counts.disagreements, self.min_agreement)
+        if self.min_delta_acc is not None:
+            found["delta_acc"] = evidence.delta_acc(n, counts.keras_only_right, counts.tflite_only_right,
+                                                    self.min_delta_acc)
+        failures = [f"max |dp| {max_abs_dp:.3g} > {self.max_abs_dp:g}"
+                    for _ in [0] if self.max_abs_dp is not None and not max_abs_dp <= self.max_abs_dp]
+        failures += [e.failure() for e in found.values() if e.breach]
+        if failures:
+            return found, failures, "fail", None
+        if self.min_agreement is not None and not evidence.decidable(n, self.min_agreement):
+            return found, [], "undecided", evidence.photos_needed(self.min_agreement)
+        return found, [], "pass", None
+
+
+@dataclass(frozen=True)
+class Counts:
+    """The photo counts the evidence is judged on."""
+
+    disagreements: int  # Keras top-1 not among the TFLite top-scoring classes
+    keras_only_right: int
+    tflite_only_right: int
 
 
 def default_thresholds(float32_max_dp: float | None = None, float16_max_dp: float | None = None,
@@ -95,10 +120,20 @@ class VariantParity:
     accuracy_ci95: list[float] = field(default_factory=list)  # 95 % Wilson interval of accuracy
     thresholds: dict = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
+    counts: dict = field(default_factory=dict)  # Counts: disagreements and the discordant photos
+    evidence: dict = field(default_factory=dict)  # measure -> Evidence.to_dict()
+    decision: str = "pass"  # pass | fail | undecided (too few photos to show a breach)
+    photos_needed: int | None = None  # when undecided: photos that would decide
 
     @property
     def passed(self) -> bool:
-        return not self.failures
+        """Not shown to be worse than its tolerance (an undecided variant passes, with a warning)."""
+        return self.decision != "fail"
+
+    def gate(self) -> str:
+        if self.decision == "fail":
+            return "FAIL: " + "; ".join(self.failures)
+        return f"undecided: too few photos (~{self.photos_needed} needed)" if self.decision == "undecided" else "pass"
 
     def to_dict(self) -> dict:
         return {**asdict(self), "passed": self.passed}
@@ -121,22 +156,30 @@ def compare(mode: str, path: Path, keras_probs: np.ndarray, tflite_probs: np.nda
     tied = top1_sets(tflite_probs)
     diff = np.abs(tflite_probs.astype(np.float64) - keras_probs.astype(np.float64))
     pct = lambda mask: round(float(np.mean(mask)) * 100, 3)  # noqa: E731
-    parity = VariantParity(
+    keras_right, edge_right = keras_top == y, edge_top == y
+    agree = tied[np.arange(len(y)), keras_top]
+    counts = Counts(int(np.sum(~agree)), int(np.sum(keras_right & ~edge_right)), int(np.sum(edge_right & ~keras_right)))
+    found, failures, decision, needed = thresholds.judge(len(y), float(diff.max()), counts)
+    return VariantParity(
         mode=mode,
         file=path.name,
         sha256=sha256_file(path),
         n=len(y),
-        accuracy=round(float(np.mean(edge_top == y)), 4),
-        accuracy_ci95=ci95(float(np.mean(edge_top == y)), len(y)) if len(y) else [],
-        delta_acc=round((float(np.mean(edge_top == y)) - float(np.mean(keras_top == y))) * 100, 3),
-        agreement=pct(tied[np.arange(len(y)), keras_top]),
+        accuracy=round(float(np.mean(edge_right)), 4),
+        accuracy_ci95=ci95(float(np.mean(edge_right)), len(y)) if len(y) else [],
+        delta_acc=round((float(np.mean(edge_right)) - float(np.mean(keras_right))) * 100, 3),
+        agreement=pct(agree),
         strict_agreement=pct(edge_top == keras_top),
         ties=int(np.sum(tied.sum(axis=1) > 1)),
         max_abs_dp=float(diff.max()),
         mean_abs_dp=float(diff.mean()),
         thresholds={k: v for k, v in asdict(thresholds).items() if v is not None},
+        failures=failures,
+        counts=asdict(counts),
+        evidence={k: e.to_dict() for k, e in found.items()},
+        decision=decision,
+        photos_needed=needed,
     )
-    return VariantParity(**{**asdict(parity), "failures": thresholds.failures(parity)})
 
 
 def tflite_probabilities(path: Path, images: np.ndarray, threads: int | None = None) -> np.ndarray:
@@ -175,17 +218,30 @@ class ParityReport:
         lo, hi = ci95(self.keras_accuracy, self.n) if self.n else (0.0, 0.0)
         head = (f"parity on {self.n} {self.split} photos (Keras accuracy {self.keras_accuracy:.4f}, "
                 f"95% interval {lo:.3f}-{hi:.3f})\n"
-                f"{'variant':<9} {'acc':>7} {'95% interval':>13} {'dAcc pt':>8} {'agree %':>8} {'strict %':>9} "
-                f"{'ties':>5} {'max|dp|':>9} {'mean|dp|':>9}  gate")
+                f"{'variant':<9} {'acc':>7} {'95% interval':>13} {'dAcc pt':>8} {'agree %':>8} {'90% interval':>13} "
+                f"{'strict %':>9} {'ties':>5} {'max|dp|':>9} {'mean|dp|':>9}  gate")
         rows = [f"{v.mode:<9} {v.accuracy:>7.4f} {_interval(v.accuracy_ci95):>13} {v.delta_acc:>+8.2f} "
-                f"{v.agreement:>8.2f} {v.strict_agreement:>9.2f} "
-                f"{v.ties:>5d} {v.max_abs_dp:>9.2e} {v.mean_abs_dp:>9.2e}  "
-                f"{'pass' if v.passed else 'FAIL: ' + '; '.join(v.failures)}" for v in self.variants]
+                f"{v.agreement:>8.2f} {_bounds(v.evidence.get('agreement')):>13} {v.strict_agreement:>9.2f} "
+                f"{v.ties:>5d} {v.max_abs_dp:>9.2e} {v.mean_abs_dp:>9.2e}  {v.gate()}" for v in self.variants]
         return "\n".join([head, *rows])
+
+    def warnings(self) -> list[str]:
+        """One line when the split is too small to decide a variant's gate (never a silent pass)."""
+        undecided = [v for v in self.variants if v.decision == "undecided"]
+        if not undecided:
+            return []
+        what = ", ".join(f"{v.mode} (agreement >= {v.thresholds['min_agreement']:g} %: ~{v.photos_needed})"
+                         for v in undecided)
+        return [f"warning: {self.n} {self.split} photos are too few to decide the gate of {what} photos needed; "
+                "these variants are neither passed nor failed on evidence"]
 
 
 def _interval(ci: list[float]) -> str:
     return f"{ci[0]:.3f}-{ci[1]:.3f}" if ci else "-"
+
+
+def _bounds(found: dict | None) -> str:
+    return f"{found['low']:.1f}-{found['high']:.1f}" if found else "-"
 
 
 def check(run_dir: str | Path, modes: list[str], thresholds: dict[str, Thresholds], keras_model=None,

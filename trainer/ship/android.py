@@ -15,7 +15,7 @@ TFLite model with metadata and labels, the label count equals the output size, t
 RUN_DIR/labels.txt, and parity.json records that this very file (same sha256) passed its gate.
 Any failure is a :class:`BundleError` (one line; the CLI exits 2) and the destination is left
 untouched. The bundle is built in a temp folder next to the destination and swapped in with
-renames (:func:`swap_in`), so a crash leaves the old folder or the new one, never a mix.
+renames (:func:`trainer.atomic.swap_in`), so a crash leaves the old folder or the new one, never a mix.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import datetime as _dt
 import os
 import shutil
 import string
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,14 +35,13 @@ from edge.runtime import RuntimeMissingError, make_interpreter
 from trainer import atomic
 from trainer.data.dataset import DataError
 from trainer.export.variants import MODES
-from trainer.run_dir import LABELS, MODEL, PARITY, RunDir, sha256_bytes
+from trainer.run_dir import LABELS, PARITY, RunDir, sha256_bytes
 from trainer.version import package_version
 
 MODEL_FILE = "model.tflite"
 LABELS_FILE = "labels.txt"
 MANIFEST_FILE = "manifest.json"
 README_FILE = "README.md"
-BUNDLE_FILES = (MODEL_FILE, LABELS_FILE, MANIFEST_FILE, README_FILE)
 FORMAT = "edge-transfer-android-bundle/1"
 DEFAULT_OUT = Path("android_assets")
 # Versions the README's snippets were written against (any later release should do).
@@ -83,8 +81,10 @@ def _checked_parity(run: RunDir, variant: str, model_sha: str) -> tuple[dict, di
     if entry.get("sha256") != model_sha:
         raise BundleError(f"{path} is stale: it checked a different model_{variant}.tflite (sha256 differs); "
                           f"run `python -m trainer convert {run.path} --mode {variant}` again")
-    if (run / MODEL).is_file() and not parity.for_current_model():
-        raise BundleError(f"{path} was computed for a different model.keras: convert {run.path} again")
+    try:
+        run.refuse_foreign_parity()
+    except DataError as exc:
+        raise BundleError(str(exc)) from None
     if entry.get("passed") is not True or entry.get("failures"):
         why = "; ".join(entry.get("failures") or []) or "not marked passed"
         raise BundleError(f"{variant} failed its parity gate ({why}): ship a variant that passed "
@@ -177,32 +177,9 @@ def write_files(p: Plan, folder: Path) -> None:
     atomic.write_bytes(folder / MODEL_FILE, p.model_bytes)
     atomic.write_text(folder / LABELS_FILE, "\n".join(p.labels) + "\n")
     atomic.write_json(folder / MANIFEST_FILE, p.manifest)
-    atomic.write_text(folder / README_FILE, readme(p.manifest, p.labels))
-    for name in BUNDLE_FILES:
-        os.chmod(folder / name, 0o644)  # atomic writes are 0600 (mkstemp); assets are for others to copy
+    atomic.write_text(folder / README_FILE, readme(p.manifest, p.labels))  # each with the umask's mode
     if sha256_bytes((folder / MODEL_FILE).read_bytes()) != p.manifest["model"]["sha256"]:
         raise OSError(f"{folder / MODEL_FILE} does not read back as written")
-
-
-def swap_in(build: Path, dest: Path) -> None:
-    """Replace ``dest`` by the complete folder ``build`` (same parent) with renames only.
-
-    dest -> hidden backup, build -> dest, backup deleted. If the second rename fails the backup is
-    put back; at no moment is a folder at ``dest`` partly old and partly new.
-    """
-    backup = None
-    if dest.exists() or dest.is_symlink():
-        backup = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old.", dir=dest.parent))
-        backup.rmdir()
-        os.rename(dest, backup)
-    try:
-        os.rename(build, dest)
-    except BaseException:
-        if backup is not None:
-            os.rename(backup, dest)
-        raise
-    if backup is not None:
-        shutil.rmtree(backup, ignore_errors=True)
 
 
 def build(run_dir: str | Path, variant: str = "int8", out: str | Path = DEFAULT_OUT) -> Plan:
@@ -211,13 +188,14 @@ def build(run_dir: str | Path, variant: str = "int8", out: str | Path = DEFAULT_
     dest = Path(out)
     if dest.exists() and not dest.is_dir():
         raise BundleError(f"{dest} exists and is not a folder")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.new.", dir=dest.parent))
+    atomic.recover(dest)  # a bundle swap that was killed: the old folder comes back first
+    staging = atomic.staging_dir(dest)
     try:
-        os.chmod(staging, dest.stat().st_mode & 0o7777 if dest.is_dir() else 0o755)  # mkdtemp makes 0700
+        if dest.is_dir():
+            os.chmod(staging, dest.stat().st_mode & 0o7777)  # the app team's folder keeps its mode
         write_files(p, staging)
         (staging / ".gitkeep").touch()
-        swap_in(staging, dest)
+        atomic.swap_in(staging, dest)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
