@@ -9,13 +9,17 @@ OUT    ?=
 # the run that `make tflite/android/bench` use: RUN=dir, else OUT, else the last `make train`
 RUN    ?= $(or $(OUT),$(shell cat runs/LAST 2>/dev/null),runs/train)
 VARIANT ?= int8
+# where `make web` writes the static page folder
+WEB_OUT ?= build/web
 
-.PHONY: help setup train tflite android bench test test-fast test-pi fuzz client-venvs debian-packages clean
+.PHONY: help setup train doctor tflite android web web-runtime bench test test-fast test-pi fuzz client-venvs debian-packages clean
 
 help:
 	@echo "make train [DATA=dir] [OUT=dir [OVERWRITE=1]] [SEED=42]  train (default: the sample photos -> new runs/trainN)"
+	@echo "make doctor [DATA=dir] [OUT=dir]   mislabeled photos, twins, photos of no class -> doctor.html, doctor.json"
 	@echo "make tflite [RUN=dir]             convert the last run to all TFLite variants + parity"
 	@echo "make android [RUN=dir] [VARIANT=int8]  fill android_assets/"
+	@echo "make web [RUN=dir] [VARIANT=int8] [WEB_OUT=build/web]  a static web page that runs the model (LiteRT.js)"
 	@echo "make bench [RUN=dir]              size / accuracy / latency table for every variant"
 	@echo "make test-fast                    in-process tier: trains + converts a small real model (< 2 min)"
 	@echo "make test                         the whole test suite (builds client venvs once), then test-pi"
@@ -34,8 +38,12 @@ setup: $(VENV)/.installed
 
 # an OUT that holds a run is refused unless OVERWRITE=1 (replaced whole); train records its own runs/trainN
 train: setup
-	$(PY) -m trainer train --data "$(DATA)" --seed $(SEED)$(if $(OUT), --out "$(OUT)")$(if $(OVERWRITE), --overwrite)
+	$(PY) -m trainer train --data "$(DATA)" --seed $(SEED)$(if $(OUT), --out "$(OUT)")$(if $(OVERWRITE), --overwrite)$(if $(EXCLUDE), --exclude "$(EXCLUDE)")
 	$(if $(OUT),@mkdir -p runs && echo "$(OUT)" > runs/LAST)
+
+# the data doctor: without OUT a new runs/doctor, runs/doctor2, ...; EXCLUDE=DIR/doctor.json:mislabeled for train
+doctor: setup
+	$(PY) -m trainer doctor "$(DATA)"$(if $(OUT), --out "$(OUT)")
 
 tflite: setup
 	$(PY) -m trainer convert "$(RUN)" --mode all
@@ -45,6 +53,17 @@ android: setup
 
 bench: setup
 	$(PY) -m trainer bench "$(RUN)"
+
+# LiteRT.js, pinned in web/package-lock.json, for `trainer web`: npm ci when node_modules is missing or the lock changed
+WEB_RUNTIME := web/node_modules/.package-lock.json
+$(WEB_RUNTIME): web/package.json web/package-lock.json
+	cd web && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+web-runtime: $(WEB_RUNTIME)
+
+web: setup web-runtime
+	$(PY) -m trainer web "$(RUN)" --variant $(VARIANT) --out "$(WEB_OUT)"
 
 # Debian packages the full suite needs: tflite-support (a client venv) needs libusb; report.html
 # is rendered in headless Chromium (with the page's last-resort font).
@@ -63,10 +82,10 @@ client-venvs: setup debian-packages
 	$(PY) tests/client_venvs.py
 
 # in-process tier: no client venvs, no browser, no subprocess-heavy tests; still trains and converts a real model
-test-fast: setup
+test-fast: setup web-runtime
 	$(PY) -m pytest -q -m "not slow and not clients and not browser"
 
-test: client-venvs
+test: client-venvs web-runtime
 	$(PY) -m pytest -q
 	$(MAKE) --no-print-directory test-pi
 

@@ -104,6 +104,42 @@ def test_lost_worker_errors_become_one_line_naming_the_worker(monkeypatch):
             raise tf.errors.UnavailableError(None, None, dead)
 
 
+def test_startup_failures_name_the_missing_workers_and_what_to_check(monkeypatch):
+    import tensorflow as tf
+
+    from trainer.fit.cluster import STARTUP_ENV, startup_message, startup_timeout
+
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    listening.listen()
+    up = f"127.0.0.1:{listening.getsockname()[1]}"
+    down = [f"127.0.0.1:{p}" for p in _free_ports(2)]  # nothing listens there
+    try:
+        leader = Cluster(3, 0, (down[0], up, down[1]))
+        barrier = ("Barrier timed out. Id: [Init]Wait_for_all_tasks_to_register::0.\n# of tasks that reached the "
+                   "barrier: 2/3.\nThe first task at the barrier: /job:worker/replica:0/task:0. Some timed out task "
+                   "names:\n/job:worker/replica:0/task:2\n")
+        message = startup_message(tf.errors.DeadlineExceededError(None, None, barrier), leader, 300)
+        assert message == (f"worker 2 ({down[1]}) did not join within 300 s ({STARTUP_ENV}): check that every "
+                           "worker is started with the same TF_CONFIG cluster and its own task index, and that "
+                           "these addresses are reachable from this machine")
+        # a worker whose leader (the chief) never answered: TF says only "Deadline Exceeded"
+        follower = Cluster(2, 1, (down[0], up), has_chief_job=True)
+        silent = tf.errors.DeadlineExceededError(None, None, "Deadline Exceeded\nRPC: ...")
+        message = startup_message(silent, follower, 9)
+        assert message.startswith(f"chief ({down[0]}) did not join within 9 s"), message
+        other = startup_message(tf.errors.UnavailableError(None, None, "\nsocket closed\nmore"), follower, 9)
+        assert other == f"could not join the cluster as worker 0 ({up}): socket closed"
+    finally:
+        listening.close()
+    monkeypatch.setenv(STARTUP_ENV, "soon")
+    with pytest.raises(ClusterError, match=f"{STARTUP_ENV} must be a number of seconds, got 'soon'"):
+        startup_timeout()
+    monkeypatch.setenv(STARTUP_ENV, "0")
+    with pytest.raises(ClusterError, match="must be positive"):
+        startup_timeout()
+
+
 def test_barrier_and_all_sum_on_one_worker():
     import tensorflow as tf
 

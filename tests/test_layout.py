@@ -19,8 +19,9 @@ ALLOWED = {
     "report": {"atomic", "data", "run_dir", "model", "export"},
     "fit": {"atomic", "config", "data", "run_dir", "model", "export", "report"},
     "ship": {"atomic", "version", "data", "run_dir", "export", "report"},
+    "doctor": {"atomic", "config", "data", "run_dir", "model", "fit", "report"},
     "workflow": {"atomic", "config", "data", "run_dir", "model", "export", "report", "fit", "ship"},
-    "cli": {"atomic", "config", "data", "run_dir", "model", "export", "report", "fit", "ship", "workflow"},
+    "cli": {"atomic", "config", "data", "run_dir", "model", "export", "report", "fit", "ship", "workflow", "doctor"},
     "__main__": {"cli"},
 }
 

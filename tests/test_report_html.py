@@ -191,7 +191,11 @@ def test_train_convert_and_bench_write_the_page(converted, tmp_path):
     assert "Benchmark" in written.read_text()
     load = browser.load(written.as_uri(), screenshot=tmp_path / "report.png")
     assert load.errors == [] and all(i["naturalWidth"] > 0 for i in load.images)
-    assert len(load.images) == 1 + len(mistakes)
+    check = report["data_check"]  # "Check your data": the top photos of each finding
+    checked = (len(check["mislabeled"]["top"]) + len(check["outliers"]["top"])
+               + sum(min(4, len(g["paths"])) for g in check["duplicates"]["top"]))
+    assert "Check your data" in written.read_text()
+    assert len(load.images) == 1 + len(mistakes) + checked
 
 
 def test_mistakes_are_the_wrong_photos_most_confident_first():

@@ -44,8 +44,13 @@ def _train(out, cache, tf_config=None, extra=()):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+PHASH_ENTRY = 13 + 8  # header + 8 bytes: a photo's pHash (trainer.data.twins), cached beside its features
+
+
 def _entries(cache):
-    return {p.relative_to(cache): p.read_bytes() for p in (cache / "features").rglob("*") if p.is_file()}
+    """The feature entries (not the pHashes `train` caches beside them)."""
+    return {p.relative_to(cache): p.read_bytes() for p in (cache / "features").rglob("*")
+            if p.is_file() and p.stat().st_size != PHASH_ENTRY}
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""`python -m trainer`: train, evaluate, convert, android, bench, check, cache.
+"""`python -m trainer`: train, doctor, evaluate, convert, android, web, bench, check, cache.
 
 TensorFlow is imported inside the commands, so `--help` answers at once. User errors (bad
 data, bad backbone, bad run directory) print one line and exit with code 2.
@@ -81,11 +81,18 @@ def train(
     min_per_class: int = typer.Option(5, help="Fewer readable photos in a class is an error."),
     tensorboard: bool = typer.Option(False, help="Write TensorBoard logs to RUN_DIR/tensorboard."),
     threads: int = typer.Option(0, help="Threads for feature extraction (0: all cores)."),
+    exclude: Optional[str] = typer.Option(None, "--exclude", help="Leave photos out: a file of paths (one a "
+                                          "line), or DOCTOR.json[:mislabeled,duplicates,outliers,skipped] "
+                                          "(recorded in config.json and the model card; no file is touched)."),
 ):
     """Train on a folder of class folders and write a self-describing run directory."""
     import dataclasses
 
     from trainer.config import BackboneConfig, DataConfig, RunConfig
+    from trainer.fit import signals
+
+    if signals.wanted(sys.argv):  # several workers: this process only supervises (trainer.fit.signals)
+        raise typer.Exit(signals.supervise([sys.executable, "-m", "trainer", *sys.argv[1:]]))
 
     if config is not None:
         try:
@@ -108,14 +115,27 @@ def train(
                                 label_smoothing=label_smoothing, tensorboard=tensorboard, threads=threads),
             seed=seed,
         )
-    target = _output(out, overwrite)
-    _quiet_tensorflow()
-    from trainer.fit import stages as training
-
+    if exclude is not None:
+        cfg = _with_exclude(cfg, exclude)
+    signals.start()  # a supervised training process: SIGTERM stops it (Stopped), it reports its stage
+    target = None
     try:
+        target = _output(out, overwrite)
+        _quiet_tensorflow()
+        from trainer.fit import stages as training
+
         report = training.run(cfg, target)
-    except _user_errors() as exc:
-        target.abandon()
+    except BaseException as exc:
+        stopped = signals.requested()  # SIGTERM in a supervised training process: whatever it raised
+        if stopped is None and not isinstance(exc, _user_errors()):
+            raise
+        if target is not None:
+            target.abandon()
+        if stopped is not None:  # the supervisor prints the line
+            signals.exit_now(128 + stopped)
+        if signals.supervised():  # the line stays the last: no TensorFlow teardown (its agent's errors)
+            error(str(exc))
+            signals.exit_now(2)
         _fail(str(exc))
     if report is None:  # a worker other than the chief: its share is done, the chief writes RUN_DIR
         typer.echo("worker done: the chief (worker 0) writes the run directory")
@@ -123,6 +143,21 @@ def train(
     test = report["splits"]["test"]
     typer.echo(f"test accuracy {test['accuracy']} on {test['n']} photos; skipped {len(report['skipped'])} files; "
                f"{report['timings']['total_s']:.1f} s; wrote {target.final}" + (", recorded in runs/LAST" if target.named else ""))
+
+
+def _with_exclude(cfg, spec: str):
+    """--exclude: the photos it names, as paths relative to the data folder (config.json keeps them)."""
+    import dataclasses
+
+    from trainer.data import exclude as excluding
+
+    try:
+        inside, warning = excluding.resolve(spec, cfg.data.dir)
+    except _user_errors() as exc:
+        _fail(str(exc))
+    if warning:
+        typer.echo(warning, err=True)
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, exclude=tuple(inside), exclude_from=spec))
 
 
 def _output(out: Optional[Path], overwrite: bool):
@@ -136,6 +171,32 @@ def _output(out: Optional[Path], overwrite: bool):
         return Output.choose(out, overwrite, cluster.workers, cluster.is_chief, log=typer.echo)
     except _user_errors() as exc:
         _fail(str(exc))
+
+
+@app.command()
+def doctor(
+    data: list[str] = typer.Argument(..., metavar="DATA", help="Folder(s) of class folders (several, e.g. "
+                                     "train/ and test/: twins across them too)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for doctor.json and doctor.html "
+                                       "[a new runs/doctor, runs/doctor2, ...]."),
+    as_json: bool = typer.Option(False, "--json", help="Print the findings as one JSON object on stdout."),
+    config: Optional[Path] = typer.Option(None, "--config", help="A run's config.json: check with its backbone "
+                                          "(a folder it trained on costs no backbone pass)."),
+    backbone: str = typer.Option("mobilenet_v2", help="As train's (ignored with --config)."),
+    image_size: int = typer.Option(224, help="As train's (ignored with --config)."),
+    seeds: int = typer.Option(3, help="Fold seeds of the k-fold label check."),
+):
+    """Find the photos that look mislabeled, the twins (exact and near, across classes and
+    folders), the photos of no class and the unreadable files; writes doctor.json and a contact
+    sheet, doctor.html. One backbone pass through the feature cache; never touches a photo."""
+    _quiet_tensorflow()
+    from trainer.doctor import examine
+
+    try:
+        found, where = examine.run(data, out, examine.backbone_of(config, backbone, image_size), seeds)
+    except _user_errors() as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(found) if as_json else examine.summary_line(found, where))
 
 
 @app.command()
@@ -220,6 +281,30 @@ def android(
     typer.echo(f"wrote {out}/: {bundling.MODEL_FILE} ({m['variant']}, {m['model']['size_mb']} MB, "
                f"{m['input']['dtype']} input, accuracy {m['parity']['accuracy']}, agreement {m['parity']['agreement']}%), "
                f"{bundling.LABELS_FILE} ({m['labels']['count']} labels), {bundling.MANIFEST_FILE}, {bundling.README_FILE}")
+
+
+@app.command()
+def web(
+    run_dir: Path = typer.Argument(..., help="A converted run directory (model_<variant>.tflite, parity.json)."),
+    variant: str = typer.Option("int8", help="float32 | float16 | dynamic | int8 | full_int8: the file to publish."),
+    out: Path = typer.Option(..., "--out", help="Folder to (re)fill: index.html, the JS, model.tflite, LiteRT.js."),
+    runtime: Optional[Path] = typer.Option(None, help="A node_modules/@litertjs folder (default: web/node_modules/"
+                                           "@litertjs, filled by `make web-runtime`)."),
+):
+    """A static web folder that classifies photos in the browser with one checked variant
+    (LiteRT.js, no server code, no outside request: docs/web.md). Refuses with exit 2, leaving the
+    folder as it was, when any check fails."""
+    from trainer.ship import web as publishing
+
+    try:
+        plan, manifest = publishing.build(run_dir, variant, out, runtime)
+    except _user_errors() as exc:
+        _fail(str(exc))
+    m, mb = plan.manifest, manifest["total_bytes"] / 1e6
+    typer.echo(f"wrote {out}/: index.html, {publishing.MODEL_FILE} ({m['variant']}, {m['model']['size_mb']} MB, "
+               f"{m['input']['dtype']} input, {m['labels']['count']} labels in its metadata), LiteRT.js "
+               f"{plan.runtime.version}, {len(manifest['files']) + 1} files, {mb:.1f} MB; "
+               f"try it: python -m http.server -d {out} -b 127.0.0.1")
 
 
 @app.command()

@@ -9,12 +9,15 @@ from dataclasses import asdict, dataclass, field
 @dataclass(frozen=True)
 class DataConfig:
     """dir: folder of class folders. val_split/test_split: stratified fractions.
-    min_per_class: fewer readable images in any class is an error."""
+    min_per_class: fewer readable images in any class is an error.
+    exclude: photos left out (paths relative to dir; `train --exclude`), exclude_from: what named them."""
 
     dir: str
     val_split: float = 0.1
     test_split: float = 0.2
     min_per_class: int = 5
+    exclude: tuple[str, ...] = ()
+    exclude_from: str = ""
 
 
 @dataclass(frozen=True)
@@ -104,4 +107,5 @@ class RunConfig:
         train = {k: v for k, v in d["train"].items() if k in known}
         train["l2_grid"] = tuple(train.get("l2_grid", TrainConfig.l2_grid))
         backbone = {"int8_grid": False, **d["backbone"]}  # older runs: trained off the grid, repeated so
-        return cls(DataConfig(**d["data"]), BackboneConfig(**backbone), TrainConfig(**train), d["seed"])
+        data = {**d["data"], "exclude": tuple(d["data"].get("exclude", ()))}
+        return cls(DataConfig(**data), BackboneConfig(**backbone), TrainConfig(**train), d["seed"])

@@ -136,6 +136,46 @@ def stratified_split(samples: list[Sample], n_classes: int, val: float, test: fl
     return tuple(sorted(p, key=lambda s: s.path) for p in parts)
 
 
+def keep_together(parts: tuple[list[Sample], list[Sample], list[Sample]], groups, seed: int):
+    """Move photos so that every group (paths of twins: trainer.data.twins) lies in one part of
+    (train, val, test). A straddling group goes where most of it already is (ties: train, then
+    val, then test); each photo moved trades places with a seeded pick among the photos of its
+    class in no group at its destination, so every class keeps its count in every part. Returns
+    (parts, how many groups straddled). Only photos of straddling groups (and their trade
+    partners) move: with none straddling, the parts come back unchanged."""
+    where = {s.path: k for k, part in enumerate(parts) for s in part}
+    label = {s.path: s.label for part in parts for s in part}
+    grouped = {p for g in groups for p in g if p in where}
+    pools: dict[tuple[int, int], list[str]] = {}  # (part, label) -> photos in no group, in path order
+    for path in sorted(set(where) - grouped):
+        pools.setdefault((where[path], label[path]), []).append(path)
+    rng = np.random.default_rng([seed, 0x7417])  # its own stream: the split's draws stay as they were
+    moved = rejoined = 0
+    for group in sorted(sorted(p for p in g if p in where) for g in groups):
+        counts = [sum(where[p] == k for p in group) for k in range(3)]
+        target = int(np.argmax(counts))
+        if counts[target] == len(group):
+            continue
+        rejoined += 1
+        for path in group:
+            source = where[path]
+            if source == target:
+                continue
+            where[path], moved = target, moved + 1
+            pool = pools.get((target, label[path]), [])
+            if pool:  # a partner of the same class goes the other way
+                partner = pool.pop(int(rng.integers(len(pool))))
+                where[partner] = source
+                pools.setdefault((source, label[path]), []).append(partner)
+    if not moved:
+        return parts, 0
+    samples = {s.path: s for part in parts for s in part}
+    out = ([], [], [])
+    for path, k in where.items():
+        out[k].append(samples[path])
+    return tuple(sorted(p, key=lambda s: s.path) for p in out), rejoined
+
+
 def check_counts(classes: list[str], samples: list[Sample], min_per_class: int) -> None:
     counts = np.bincount([s.label for s in samples], minlength=len(classes))
     low = [f"{c} ({n})" for c, n in zip(classes, counts) if n < min_per_class]

@@ -52,11 +52,12 @@ class CacheInfo:
     errors: int
     bytes: int
     extractors: int
+    hashes: int = 0  # photo hashes (trainer.data.twins: 8 bytes each), beside the feature entries
 
     def lines(self) -> list[str]:
         return [f"cache: {self.root}",
                 f"feature entries: {self.entries} ({self.errors} unreadable photos), {self.bytes / 1e6:.1f} MB",
-                f"extractors: {self.extractors}"]
+                f"photo hashes: {self.hashes}", f"extractors: {self.extractors}"]
 
 
 @dataclass(frozen=True)
@@ -93,14 +94,18 @@ class FeatureCache:
             tmp.write_bytes(raw)  # no fsync per entry: a lost entry after a power cut is only a miss
 
     def info(self) -> CacheInfo:
-        entries = errors = size = 0
+        entries = errors = size = hashes = 0
         for path in _entry_files(self.root / FEATURES_DIR):
-            entries += 1
             size += path.stat().st_size
             with open(path, "rb") as f:
-                errors += f.read(_HEADER.size)[4:5] == b"E"
+                head = f.read(_HEADER.size)
+            if len(head) == _HEADER.size and head[4:5] == b"F" and _HEADER.unpack(head)[2] == 8:
+                hashes += 1  # a pHash: 8 bytes (trainer.data.twins.cached_phash)
+                continue
+            entries += 1
+            errors += head[4:5] == b"E"
         extractors = sum(1 for _ in (self.root / EXTRACTORS_DIR).glob("*.tflite"))
-        return CacheInfo(self.root, entries, errors, size, extractors)
+        return CacheInfo(self.root, entries, errors, size, extractors, hashes)
 
     def clear(self) -> CacheInfo:
         """Delete every feature entry and extractor (nothing else under the root); returns what was there."""

@@ -130,6 +130,8 @@ class Verification:
     tensor_types: dict[str, int]
     min_runtime_version: str | None
     problems: tuple[str, ...] = ()
+    input_signature: tuple[int, ...] = ()  # the input's shape_signature: [1, H, W, 3], -1 where dynamic
+    dynamic_dims: int = 0  # -1 dimensions in every tensor's shape_signature: 0 for the files we write
 
     @property
     def ok(self) -> bool:
@@ -142,7 +144,9 @@ class Verification:
 def inspect_model(model_bytes: bytes) -> Verification:
     """Read dtypes, quantization, ops and the converter's min_runtime_version of a model."""
     loaded = make_interpreter(model_bytes, num_threads=1)
-    tensors = Counter(str(np.dtype(d["dtype"])) for d in loaded.interpreter.get_tensor_details())
+    details = loaded.interpreter.get_tensor_details()
+    tensors = Counter(str(np.dtype(d["dtype"])) for d in details)
+    signature = loaded.interpreter.get_input_details()[0].get("shape_signature", loaded.input.shape)
     return Verification(
         input_dtype=str(loaded.input.dtype),
         output_dtype=str(loaded.output.dtype),
@@ -151,6 +155,8 @@ def inspect_model(model_bytes: bytes) -> Verification:
         ops=dict(sorted(Counter(op_names(model_bytes)).items())),
         tensor_types=dict(sorted(tensors.items())),
         min_runtime_version=read_metadata(model_bytes).min_runtime_version,
+        input_signature=tuple(int(d) for d in signature),
+        dynamic_dims=sum(int((np.asarray(d.get("shape_signature", ())) < 0).sum()) for d in details),
     )
 
 
@@ -178,4 +184,7 @@ def verify(model_bytes: bytes, quant: Quantization) -> Verification:
         problems.append(f"input quantization {v.input_quantization} is not (1.0, 0): raw pixels would be misread")
     if v.min_runtime_version is None:
         problems.append("no min_runtime_version recorded")
+    if v.input_signature[:1] != (1,) or v.dynamic_dims:
+        problems.append(f"input signature {list(v.input_signature)} with {v.dynamic_dims} dynamic dimensions: "
+                        "expected a fixed batch of 1 (LiteRT.js and GPU / NNAPI delegates need it)")
     return Verification(**{**asdict(v), "problems": tuple(problems)})

@@ -22,6 +22,15 @@ Not covered: the broadcast of initial values when variables are created under th
 no timeout (broadcast_send/recv in the same file), so a peer stuck before building its model
 blocks the others until it dies. :func:`cluster_errors` turns both errors into one-line
 :class:`ClusterError`.
+
+Start-up (:func:`make_strategy`): left alone, MWMS waits an hour for every task to register and
+prints nothing. We configure the coordination service ourselves, as MWMS would (it then keeps
+ours), with ``cluster_register_with_barrier`` and ``cluster_register_timeout_in_ms`` =
+$EDGE_TRANSFER_STARTUP_TIMEOUT_S: the leader (rank 0) fails its registration barrier with
+DeadlineExceededError naming the tasks that never came, a worker whose leader never answers
+fails its RegisterTask call a few seconds later. The wait itself runs inside TensorFlow's C++
+with the GIL held: what the worker shows and how it stops meanwhile is :mod:`trainer.fit.signals`'
+business (a supervisor process).
 """
 
 from __future__ import annotations
@@ -31,13 +40,21 @@ import dataclasses
 import json
 import os
 import re
+import socket
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 TIMEOUT_ENV = "EDGE_TRANSFER_COLLECTIVE_TIMEOUT_S"
 DEFAULT_TIMEOUT_S = 300.0  # a training step's all-reduce: generous, a step takes seconds
 BARRIER_TIMEOUT_S = 3600.0  # a barrier after uneven work (feature extraction shares)
+STARTUP_ENV = "EDGE_TRANSFER_STARTUP_TIMEOUT_S"
+# every worker must have registered by then: long enough for the usual skew between machines of
+# one job (a pod scheduled or an image pulled a minute or two after the first), short enough that
+# a worker nobody started fails while its operator still watches (TF's own default: an hour)
+DEFAULT_STARTUP_S = 300.0
+HEARTBEAT_TIMEOUT_S = 10  # TF's default (kDefaultHeartbeatTimeoutMs), set explicitly
 RESUME_HINT = "rerun every worker to resume"
 
 
@@ -73,6 +90,17 @@ class Cluster:
 
     def rank_of(self, job: str, index: int) -> int:
         return index + 1 if self.has_chief_job and job == "worker" else index
+
+    def name(self, rank: int, of: bool = False) -> str:
+        """How TF_CONFIG names a rank, with its address: 'worker 1 (host:port)', 'chief (host:port)';
+        ``of``: 'worker 1 of 3 (host:port)'."""
+        job, index = dataclasses.replace(self, rank=rank).task
+        total = f" of {self.workers}" if of else ""
+        return f"{'chief' if job == 'chief' else f'worker {index}'}{total} ({self.addresses[rank]})"
+
+    @property
+    def peers(self) -> list[int]:
+        return [r for r in range(self.workers) if r != self.rank]
 
     @classmethod
     def of(cls, strategy) -> "Cluster":
@@ -135,14 +163,41 @@ def _is_address(value) -> bool:
 
 def collective_timeout() -> float:
     """Seconds a collective waits for its peers ($EDGE_TRANSFER_COLLECTIVE_TIMEOUT_S; tests shorten it)."""
-    value = os.environ.get(TIMEOUT_ENV, "")
+    return _seconds(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)
+
+
+def startup_timeout() -> float:
+    """Seconds every worker has to join the cluster ($EDGE_TRANSFER_STARTUP_TIMEOUT_S)."""
+    return _seconds(STARTUP_ENV, DEFAULT_STARTUP_S)
+
+
+def _seconds(env: str, default: float) -> float:
+    value = os.environ.get(env, "")
     try:
-        seconds = float(value) if value else DEFAULT_TIMEOUT_S
+        seconds = float(value) if value else default
     except ValueError:
-        raise ClusterError(f"{TIMEOUT_ENV} must be a number of seconds, got {value!r}") from None
-    if seconds <= 0:
-        raise ClusterError(f"{TIMEOUT_ENV} must be positive, got {value!r}")
+        raise ClusterError(f"{env} must be a number of seconds, got {value!r}") from None
+    if not 0 < seconds < float("inf"):
+        raise ClusterError(f"{env} must be positive, got {value!r}")
     return seconds
+
+
+def unreachable(cluster: Cluster, ranks: Sequence[int], timeout_s: float = 1.0) -> list[int]:
+    """The ranks whose address accepts no TCP connection now (not started, or a wrong address).
+
+    A started worker listens on its TF_CONFIG port (its gRPC server) while it waits for the others."""
+    def closed(rank: int) -> bool:
+        host, _, port = cluster.addresses[rank].rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+        except OSError:
+            return True
+        return False
+
+    if not ranks:
+        return []
+    with ThreadPoolExecutor(min(16, len(ranks))) as pool:  # a dropped SYN costs timeout_s, once
+        return [r for r, shut in zip(ranks, pool.map(closed, ranks)) if shut]
 
 
 def make_strategy(cluster: Cluster):
@@ -151,20 +206,69 @@ def make_strategy(cluster: Cluster):
 
     Call it first, before any other TensorFlow op: MWMS starts this worker's gRPC server and
     configures collectives and the coordination service, which TF only allows before its eager
-    context is initialized. It returns once every worker has connected: TF waits up to an hour
-    for them to register (kDefaultClusterRegisterTimeout in coordination_service_agent.cc)."""
+    context is initialized. It returns once every worker has registered, or fails with a one-line
+    ClusterError naming the missing ones after $EDGE_TRANSFER_STARTUP_TIMEOUT_S."""
     import tensorflow as tf
 
     if cluster.workers > 1:
+        timeout_s, collective_s = startup_timeout(), collective_timeout()
         resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
             tf.train.ClusterSpec(cluster.spec()), task_type=cluster.task[0], task_id=cluster.task[1],
             num_accelerators={"GPU": len(tf.config.list_physical_devices("GPU"))}, rpc_layer="grpc")
-        options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=collective_timeout())
-        with cluster_errors(cluster):
+        options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=collective_s)
+        _configure_coordination(cluster, timeout_s)
+        try:
             return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver, communication_options=options)
+        except tf.errors.OpError as exc:
+            raise ClusterError(startup_message(exc, cluster, timeout_s)) from None
     if len(tf.config.list_physical_devices("GPU")) > 1:
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()
+
+
+def _configure_coordination(cluster: Cluster, timeout_s: float) -> None:
+    """TF's coordination service as MWMS configures it (leader: rank 0; chief and worker jobs),
+    plus a registration barrier that fails after ``timeout_s`` and the heartbeat timeout."""
+    from tensorflow.python.eager import context
+
+    try:
+        from tensorflow.compiler.xla.tsl.protobuf.coordination_config_pb2 import CoordinatedJob
+    except ImportError:  # another TF layout: its defaults (the supervisor's backstop still ends the wait)
+        return
+    leader_job = "chief" if cluster.has_chief_job else "worker"
+    ctx = context.context()
+    ctx.configure_coordination_service(
+        service_type="standalone", service_leader=f"/job:{leader_job}/replica:0/task:0",
+        cluster_register_timeout_in_ms=int(timeout_s * 1000), heartbeat_timeout_in_ms=HEARTBEAT_TIMEOUT_S * 1000,
+        coordinated_jobs=[CoordinatedJob(name=job, num_tasks=len(a)) for job, a in cluster.spec().items()])
+    config = ctx.coordination_service
+    if "cluster_register_with_barrier" in config.DESCRIPTOR.fields_by_name:
+        config.cluster_register_with_barrier = True  # else the wait for the others takes no timeout
+
+
+def startup_message(exc, cluster: Cluster, timeout_s: float) -> str:
+    """One line for a cluster that did not form: who is missing and what to check."""
+    import tensorflow as tf
+
+    text = str(getattr(exc, "message", "") or exc)
+    if not isinstance(exc, tf.errors.DeadlineExceededError):
+        first = next((line.strip() for line in text.splitlines() if line.strip()), "unavailable")
+        return f"could not join the cluster as {cluster.name(cluster.rank)}: {first[:160]}"
+    named = text[text.find("timed out task names"):] if "timed out task names" in text else ""
+    missing = {cluster.rank_of(job, int(i)) for job, i in _TASK.findall(named)}
+    if not missing and not cluster.is_chief:
+        missing = {0}  # the leader never answered this worker's registration
+    return not_joined(cluster, missing, timeout_s)
+
+
+def not_joined(cluster: Cluster, missing, timeout_s: float) -> str:
+    """'worker 1 (host:port) did not join within 300 s (...): check ...'; the peers that accept
+    no connection now are named too (TF names at most two of the missing)."""
+    missing = (set(missing) | set(unreachable(cluster, cluster.peers))) - {cluster.rank}
+    who = ", ".join(cluster.name(r) for r in sorted(missing)) or "some workers"
+    return (f"{who} did not join within {timeout_s:g} s ({STARTUP_ENV}): check that every worker is "
+            "started with the same TF_CONFIG cluster and its own task index, and that these addresses "
+            "are reachable from this machine")
 
 
 def all_sum(strategy, values, timeout_s: float | None = None) -> np.ndarray:

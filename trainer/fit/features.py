@@ -23,6 +23,7 @@ from edge.preprocess import PreprocessSpec, prepare
 from trainer import atomic
 from trainer.data.feature_cache import EXTRACTORS_DIR, FeatureCache, content_digest, entry_key
 from trainer.data.rows import Rows
+from trainer.data.twins import cached_phash
 from trainer.export.tflite import ConversionError, run_converter
 
 CHUNK = 64  # photos read and decoded ahead while the previous chunk runs through the base
@@ -86,6 +87,9 @@ class FeatureTable:
     ok: np.ndarray
     errors: dict[int, str] = field(default_factory=dict)
     hits: int = 0
+    digests: list[str | None] = field(default_factory=list)  # sha256 of each photo's bytes (None: unread)
+    phashes: np.ndarray | None = None  # uint64 pHash per photo (trainer.data.twins), with ``fingerprints``
+    phash_ok: np.ndarray | None = None  # where ``phashes`` holds one
 
     def array(self) -> np.ndarray:
         """Every row in memory: for small tables (tests) only; stages use ``rows`` / ``gather``."""
@@ -101,17 +105,21 @@ class _Chunk:
     keys: list[str]
     found: list[np.ndarray | str | None]
     images: dict[int, np.ndarray | str]  # position in chunk -> decoded image, or its error
+    digests: list[str | None] = field(default_factory=list)
+    phashes: list[int | str | None] = field(default_factory=list)
 
 
 def _read(paths: Sequence[Path], rows: list[int], spec: PreprocessSpec, cache: FeatureCache, extractor_id: str,
-          view: str, pool: ThreadPoolExecutor) -> _Chunk:
-    """Read and hash a chunk's files, look each up, decode only the misses (in the pool)."""
+          view: str, pool: ThreadPoolExecutor, fingerprints: bool = False) -> _Chunk:
+    """Read and hash a chunk's files, look each up, decode only the misses (in the pool); with
+    ``fingerprints`` also each photo's pHash (cached by content, like the features)."""
     def one(row: int):
         try:
             raw = Path(paths[row]).read_bytes()
         except OSError as exc:
-            return None, f"{type(exc).__name__}: {exc}".splitlines()[0][:200], None
-        key = entry_key(content_digest(raw), extractor_id, spec.to_dict(), view)
+            return None, f"{type(exc).__name__}: {exc}".splitlines()[0][:200], None, None, None
+        digest = content_digest(raw)
+        key = entry_key(digest, extractor_id, spec.to_dict(), view)
         found = cache.get(key)
         image = None
         if found is None:
@@ -119,12 +127,14 @@ def _read(paths: Sequence[Path], rows: list[int], spec: PreprocessSpec, cache: F
                 image = prepare(io.BytesIO(raw), spec)
             except Exception as exc:  # any decoder failure means "skip this photo", reported by reason
                 image = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
-        return key, found, image
+        return key, found, image, digest, cached_phash(raw, digest, cache) if fingerprints else None
 
     results = list(pool.map(one, rows))
     chunk = _Chunk(rows, [], [], {})
-    for i, (key, found, image) in enumerate(results):
+    for i, (key, found, image, digest, phash) in enumerate(results):
         chunk.keys.append(key)
+        chunk.digests.append(digest)
+        chunk.phashes.append(phash)
         chunk.found.append(found if key is not None else image)  # an unreadable file: its error
         if key is not None and found is None:
             chunk.images[i] = image
@@ -133,9 +143,10 @@ def _read(paths: Sequence[Path], rows: list[int], spec: PreprocessSpec, cache: F
 
 def extract(paths: Sequence[Path], spec: PreprocessSpec, extractor: Extractor, cache: FeatureCache,
             out: Path | None, view: str = "plain", rows: Sequence[int] | None = None,
-            progress: str | None = "features") -> FeatureTable:
+            progress: str | None = "features", fingerprints: bool = False) -> FeatureTable:
     """Features of ``paths[rows]`` (default: all) through the cache; written to the table ``out``
-    (None: only fill the cache, e.g. a worker's share). Misses are computed and cached."""
+    (None: only fill the cache, e.g. a worker's share). Misses are computed and cached. Every
+    photo's sha256 comes back in ``digests``; with ``fingerprints`` its pHash in ``phashes``."""
     from tqdm.auto import tqdm
 
     if view not in VIEWS:
@@ -143,12 +154,16 @@ def extract(paths: Sequence[Path], spec: PreprocessSpec, extractor: Extractor, c
     rows = list(range(len(paths))) if rows is None else list(rows)
     ok = np.zeros(len(paths), bool)
     errors: dict[int, str] = {}
+    digests: list[str | None] = [None] * len(paths)
+    phashes = np.zeros(len(paths), np.uint64) if fingerprints else None
+    phash_ok = np.zeros(len(paths), bool) if fingerprints else None
     table = None
     hits = 0
     bar = tqdm(total=len(rows), desc=progress, unit="img", disable=progress is None, mininterval=0.5)
     starts = range(0, len(rows), CHUNK)
     with ThreadPoolExecutor(os.cpu_count() or 2) as pool, ThreadPoolExecutor(1) as ahead:
-        read = lambda s: _read(paths, rows[s:s + CHUNK], spec, cache, extractor.id, view, pool)  # noqa: E731
+        read = lambda s: _read(paths, rows[s:s + CHUNK], spec, cache, extractor.id, view, pool,  # noqa: E731
+                               fingerprints)
         pending = ahead.submit(read, starts[0]) if len(rows) else None
         for k in range(len(starts)):
             chunk = pending.result()
@@ -165,7 +180,10 @@ def extract(paths: Sequence[Path], spec: PreprocessSpec, extractor: Extractor, c
                 cache.put(chunk.keys[i], chunk.found[i])
             hits += len(chunk.rows) - len(chunk.images)
             good = []
-            for row, value in zip(chunk.rows, chunk.found):
+            for row, value, digest, phash in zip(chunk.rows, chunk.found, chunk.digests, chunk.phashes):
+                digests[row] = digest
+                if isinstance(phash, int):
+                    phashes[row], phash_ok[row] = phash, True
                 if isinstance(value, str):
                     errors[row] = value
                 else:
@@ -178,7 +196,7 @@ def extract(paths: Sequence[Path], spec: PreprocessSpec, extractor: Extractor, c
             bar.update(len(chunk.rows))
             bar.set_postfix(cached=hits, refresh=False)
     bar.close()
-    return FeatureTable(table, ok, errors, hits)
+    return FeatureTable(table, ok, errors, hits, digests, phashes, phash_ok)
 
 
 def _write(table: Rows, good: list[tuple[int, np.ndarray]]) -> None:

@@ -25,6 +25,7 @@ import numpy as np
 
 from trainer.config import SCHEDULES, RunConfig
 from trainer.data.photos import Photos
+from trainer.fit import signals
 from trainer.fit.cluster import Cluster, all_sum, cluster_errors
 from trainer.fit.head import balanced_class_weights
 from trainer.model.backbones import Backbone, BackboneError
@@ -208,6 +209,7 @@ def _resume(strategy, manager, ckpt, epochs: int) -> int:
     if common:
         ckpt.restore(saved[common]).assert_consumed()
         print(f"resuming fine-tuning after epoch {common}", flush=True)
+        signals.report("saved", common, epochs)
     return common
 
 
@@ -223,12 +225,15 @@ def _start_from_chief(strategy, cluster: Cluster, variables) -> None:
 
 
 def fine_tune(cfg: RunConfig, backbone: Backbone, model, train: Photos, val: Photos, n_classes: int,
-              strategy, checkpoint_dir: Path | None = None, logdir: Path | None = None) -> dict[str, list[float]]:
+              strategy, checkpoint_dir: Path | None = None, logdir: Path | None = None,
+              keep_checkpoints: bool = False) -> dict[str, list[float]]:
     """Stage 2: low learning rate, augmentation, early stopping on val loss, best weights restored.
 
     Call it outside ``strategy.scope()``, with ``model`` built inside it. ``checkpoint_dir``: this
-    worker's own folder (saved after every epoch, resumed from, deleted after success).
-    ``logdir``: TensorBoard scalars (the chief writes them). Returns the history per epoch."""
+    worker's own folder (saved after every epoch, resumed from, deleted after success unless
+    ``keep_checkpoints``: the caller deletes it once the model is safe, and a run stopped before
+    that resumes without training). ``logdir``: TensorBoard scalars (the chief writes them).
+    Returns the history per epoch."""
     import tensorflow as tf
 
     if not backbone.fine_tunable:
@@ -239,6 +244,8 @@ def fine_tune(cfg: RunConfig, backbone: Backbone, model, train: Photos, val: Pho
     with cluster_errors(cluster):
         history = _fine_tune(cfg, backbone, model, train, val, n_classes, strategy, cluster, checkpoint_dir, logdir)
     backbone.base.trainable = False
+    if checkpoint_dir is not None and not keep_checkpoints:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
     return history
 
 
@@ -287,6 +294,7 @@ def _fine_tune(cfg, backbone, model, train, val, n_classes, strategy, cluster, c
         manager = _checkpoints(Path(checkpoint_dir), fingerprint(cfg, train, val, n_classes, plan), ckpt)
         start = _resume(strategy, manager, ckpt, t.fine_tune_epochs)
     _start_from_chief(strategy, cluster, variables)
+    signals.report("stage", signals.FINE_TUNING)
     val_ds = _val_dataset(val, cluster, n_classes, t.fine_tune_batch_size) if len(val) else None
     writer = tf.summary.create_file_writer(str(logdir)) if logdir is not None and cluster.is_chief else None
     for epoch in range(start, t.fine_tune_epochs):
@@ -323,13 +331,13 @@ def _fine_tune(cfg, backbone, model, train, val, n_classes, strategy, cluster, c
         state.epoch.assign(epoch + 1)
         _report(epoch, t.fine_tune_epochs, row, time.perf_counter() - t0, writer)
         if manager is not None:
-            manager.save(checkpoint_number=epoch + 1)
+            with signals.critical():  # a stop waits for the save (a partial one is never listed anyway)
+                manager.save(checkpoint_number=epoch + 1)
+            signals.report("saved", epoch + 1, t.fine_tune_epochs)
     for best, v in zip(state.best_weights, variables):
         v.assign(best)
     if writer is not None:
         writer.close()
-    if checkpoint_dir is not None:
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
     return state.as_dict()
 
 

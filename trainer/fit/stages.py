@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -22,11 +23,11 @@ import numpy as np
 from edge.preprocess import PreprocessSpec
 from trainer import atomic
 from trainer.config import RunConfig
-from trainer.data import dataset
+from trainer.data import dataset, exclude
 from trainer.data.feature_cache import FeatureCache, cache_root
 from trainer.data.photos import Photos
 from trainer.data.rows import Rows
-from trainer.fit import features
+from trainer.fit import checks, features, signals
 from trainer.fit.cluster import Cluster, barrier, gather_rows, make_strategy, share
 from trainer.fit.fine_tune import fine_tune, without_optimizer
 from trainer.fit.head import LinearHead, assemble, train_head, write_tensorboard
@@ -47,6 +48,7 @@ class Dataset:
     spec: PreprocessSpec
     classes: list[str]
     candidates: list[dataset.Sample]
+    excluded: list[str] = field(default_factory=list)  # `--exclude`: left out (relative paths)
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,8 @@ class Features:
     train_x: Rows
     train_y: np.ndarray
     cache_hits: int
+    twins: list[tuple[list[str], str]] = field(default_factory=list)  # twin groups: (paths, kind)
+    rejoined: int = 0  # twin groups the split had to bring together
 
     def photos(self, split: str, spec: PreprocessSpec) -> Photos:
         return Photos.of(self.splits, split, spec)
@@ -94,8 +98,9 @@ def scan_dataset(cfg: RunConfig) -> Dataset:
     spec = PreprocessSpec(size=(cfg.backbone.image_size, cfg.backbone.image_size))
     root = Path(cfg.data.dir).resolve()
     classes, candidates = dataset.scan(root)
+    candidates, excluded = exclude.apply(candidates, cfg.data.exclude)
     dataset.check_counts(classes, candidates, cfg.data.min_per_class)  # again once unreadable files are known
-    return Dataset(root, spec, classes, candidates)
+    return Dataset(root, spec, classes, candidates, excluded)
 
 
 def extract_features(cfg: RunConfig, backbone: Backbone, ds: Dataset, work: Path, timer: Timer,
@@ -114,11 +119,13 @@ def extract_features(cfg: RunConfig, backbone: Backbone, ds: Dataset, work: Path
         features.extract(paths, ds.spec, extractor, cache, None, rows=share(range(len(paths)), cluster),
                          progress=f"features (worker {cluster.rank} of {cluster.workers})")
         barrier(strategy)
-    table = features.extract(paths, ds.spec, extractor, cache, work / "features.f32")
+    table = features.extract(paths, ds.spec, extractor, cache, work / "features.f32", fingerprints=True)
     skipped = [{"path": ds.candidates[row].path, "reason": reason} for row, reason in sorted(table.errors.items())]
     samples = [s for s, good in zip(ds.candidates, table.ok) if good]
     dataset.check_counts(ds.classes, samples, cfg.data.min_per_class)
     train, val, test = dataset.stratified_split(samples, len(ds.classes), cfg.data.val_split, cfg.data.test_split, cfg.seed)
+    twins = checks.table_twins(table, [s.path for s in ds.candidates])  # exact + near twins: one split each
+    (train, val, test), rejoined = dataset.keep_together((train, val, test), [p for p, _ in twins], cfg.seed)
     splits = dataset.Splits(str(ds.root), ds.classes, train, val, test, skipped)
     row = {s.path: i for i, s in enumerate(ds.candidates)}
     rows = {name: np.array([row[s.path] for s in splits.part(name)], np.int64) for name in SPLIT_NAMES}
@@ -135,7 +142,7 @@ def extract_features(cfg: RunConfig, backbone: Backbone, ds: Dataset, work: Path
                               work / "train_both.f32")
         train_y, hits = np.concatenate([train_y, train_y]), hits + mirrored.hits
     timer.add("features_s", t0)
-    return Features(splits, by_split, train_x, train_y, hits)
+    return Features(splits, by_split, train_x, train_y, hits, twins, rejoined)
 
 
 def fit(cfg: RunConfig, backbone: Backbone, ds: Dataset, feats: Features, out: Path, timer: Timer,
@@ -163,7 +170,8 @@ def fit(cfg: RunConfig, backbone: Backbone, ds: Dataset, feats: Features, out: P
         t0 = time.perf_counter()
         logdir = out / "tensorboard" / "fine_tune" if cfg.train.tensorboard and chief else None
         history["fine_tune"] = fine_tune(cfg, backbone, model, feats.photos("train", ds.spec),
-                                         feats.photos("val", ds.spec), n, strategy, checkpoint_dir, logdir)
+                                         feats.photos("val", ds.spec), n, strategy, checkpoint_dir, logdir,
+                                         keep_checkpoints=True)  # run() deletes them once the run is written
         model = without_optimizer(model)
         if cfg.backbone.int8_grid:  # fine-tuning moved the weights off the grid; the head needs no refit
             snap_to_int8_grid(model)  # (tf_flowers best: test accuracy 0.937 before and after)
@@ -194,11 +202,16 @@ def build_report(cfg: RunConfig, ds: Dataset, feats: Features, trained: Trained,
                  timer: Timer, workers: int = 1) -> dict:
     ys = {name: feats.targets(name) for name in SPLIT_NAMES}
     split = feats.eval_split
+    t0 = time.perf_counter()  # the cheap data check, on the features in hand (trainer doctor: all of it)
+    check = checks.summary(ds.classes, feats.splits, feats.by_split, feats.twins, feats.rejoined, ds.excluded)
+    timer.add("data_check_s", t0)
     return {
         "labels": ds.classes,
         "counts": {name: len(feats.splits.part(name)) for name in SPLIT_NAMES},
         "splits": {name: metrics.classification_report(ys[name], probs[name], ds.classes) for name in SPLIT_NAMES},
         "skipped": feats.splits.skipped,
+        "excluded": ds.excluded,
+        "data_check": check,
         "mistakes": metrics.mistakes(split, [s.path for s in feats.splits.part(split)], ys[split], probs[split],
                                      ds.classes),
         "workers": workers,
@@ -241,6 +254,18 @@ def write_outputs(out: Path, trained: Trained, ds: Dataset, feats: Features, pro
     page.write(out)
 
 
+@contextlib.contextmanager
+def _dropped_when_stopped(build: Path, final: Path):
+    """A stopped chief deletes the run it was building beside the one it replaces (which stays
+    whole); SIGKILL leaves it to the next run's clean-up (trainer.atomic.recover)."""
+    try:
+        yield
+    except BaseException:
+        if build != final and signals.requested() is not None:
+            shutil.rmtree(build, ignore_errors=True)
+        raise
+
+
 def checkpoint_dir(cfg: RunConfig, out: Path, cluster: Cluster) -> Path:
     """This worker's fine-tuning checkpoints, under the cache (so the workers that are not the
     chief write nothing into RUN_DIR), keyed by the run directory and the configuration: the same
@@ -264,27 +289,44 @@ def run(cfg: RunConfig, out: Path | Output) -> dict | None:
                                                                 chief=cluster.is_chief)
     cfg = dataclasses.replace(cfg, backbone=resolved(cfg.backbone))
     ds = scan_dataset(cfg)
-    strategy = make_strategy(cluster)  # before any other TensorFlow op
+    import tensorflow  # noqa: F401  (loaded first: the wait below is the peers' alone)
+
+    signals.report("stage", signals.WAITING)  # (a no-op without a supervisor, as on one worker)
+    strategy = make_strategy(cluster)  # before any other TensorFlow op; the cluster forms here
+    signals.after_tensorflow()  # TF's preemption notifier took SIGTERM: take it back
+    signals.report("stage", signals.JOINED)
     import keras
 
     keras.utils.set_random_seed(cfg.seed)
     build = target.start() if cluster.is_chief else target.final  # the others never write there
+    checkpoints = checkpoint_dir(cfg, target.final, cluster)
     with strategy.scope():
         backbone = build_backbone(cfg.backbone)
-    with tempfile.TemporaryDirectory(prefix="edge-transfer-features-") as work:
+    with _dropped_when_stopped(build, target.final), \
+            tempfile.TemporaryDirectory(prefix="edge-transfer-features-") as work:
+        signals.report("stage", "extracting features")
         feats = extract_features(cfg, backbone, ds, Path(work), timer, strategy)
         fine_tuning = bool(cfg.train.fine_tune_layers or cfg.train.fine_tune_from)
         report = None
         if cluster.is_chief:
             write_inputs(cfg, ds, feats.splits, build)
+            if build == target.final:  # a stopped run leaves them: the rerun needs --overwrite
+                signals.report("inputs", target.final)
         if cluster.is_chief or fine_tuning:  # the others' share of the features is in the cache
-            trained = fit(cfg, backbone, ds, feats, build, timer, strategy, checkpoint_dir(cfg, target.final, cluster))
+            signals.report("stage", "fitting the head")
+            trained = fit(cfg, backbone, ds, feats, build, timer, strategy, checkpoints)
+            signals.report("stage", "evaluating")
             probs = evaluate(trained, ds, feats, timer, strategy)  # fine-tuned: each worker its share
         if cluster.is_chief:
             report = build_report(cfg, ds, feats, trained, probs, timer, cluster.workers)
             timer.seconds["total_s"] = time.perf_counter() - t_start
-            write_outputs(build, trained, ds, feats, probs, report, timer)
-            target.finish(build)  # a replaced run: renames only, the old one goes whole
+            signals.report("stage", "writing the run")
+            with signals.critical():  # a stop waits: the run is written whole (or killed after the grace)
+                write_outputs(build, trained, ds, feats, probs, report, timer)
+                target.finish(build)  # a replaced run: renames only, the old one goes whole
+            signals.report("written", target.final)
     if cluster.workers > 1:
+        signals.report("stage", "waiting for the other workers to finish")
         barrier(strategy)  # everyone stays until the chief has written: no peer vanishes mid-run
+    shutil.rmtree(checkpoints, ignore_errors=True)  # kept so far: a run stopped after fine-tuning resumes
     return report

@@ -66,7 +66,9 @@ def build(run_dir: str | Path) -> dict:
         "name": f"edge-transfer {config.get('backbone', {}).get('name', 'mobilenet_v2')} classifier",
         "classes": labels,
         "data": {"dir": splits.get("data_dir") or config.get("data", {}).get("dir"),
-                 "photos": sum(per_class.values()), "per_class": per_class, "skipped": len(splits.get("skipped", []))},
+                 "photos": sum(per_class.values()), "per_class": per_class, "skipped": len(splits.get("skipped", [])),
+                 "excluded": len(config.get("data", {}).get("exclude", [])),
+                 "excluded_from": config.get("data", {}).get("exclude_from") or None},
         "splits": {part: {"n": sum(c.values()), "per_class": c} for part, c in counts.items()},
         "preprocessing": {**preprocess, "input": INPUT_CONTRACT.format(h=h, w=w, resize=preprocess.get("resize"))},
         "backbone": config.get("backbone"),
@@ -85,7 +87,10 @@ def render_markdown(card: dict) -> str:
     lines = [f"# Model card: {card['name']}", "", "## Intended use", card["intended_use"], "",
              "## Classes", ", ".join(f"`{c}`" for c in card["classes"]), "",
              "## Data", f"- folder: `{card['data']['dir']}`",
-             f"- {card['data']['photos']} photos used, {card['data']['skipped']} unreadable files skipped", "",
+             f"- {card['data']['photos']} photos used, {card['data']['skipped']} unreadable files skipped",
+             *([f"- {card['data']['excluded']} photos left out on purpose (`train --exclude "
+                f"{card['data'].get('excluded_from') or '...'}`; the paths are in config.json)"]
+               if card["data"].get("excluded") else []), "",
              "| class | " + " | ".join(card["splits"]) + " | total |", "|---|" + "---:|" * (len(card["splits"]) + 1)]
     for c in card["classes"]:
         lines.append(f"| {c} | " + " | ".join(str(s["per_class"].get(c, 0)) for s in card["splits"].values())

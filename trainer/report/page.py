@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 from pathlib import Path
 
-from edge.preprocess import PreprocessSpec, prepare
+from edge.preprocess import PreprocessSpec
 from trainer import atomic
 from trainer.data.dataset import DataError
+from trainer.report.contact import THUMB_PX, data_check_section, thumbnail
 from trainer.report.metrics import wilson
 from trainer.run_dir import RunDir, read_json
 
-THUMB_PX = 96
+__all__ = ["CSS", "render", "write", "refresh", "thumbnail"]
 
 CSS = """
 :root{--fg:#1f2933;--muted:#616e7c;--line:#e4e7eb;--bg:#f5f7fa;--ok:#1b7f3b;--bad:#c62828;--accent:#2563eb}
@@ -49,6 +49,7 @@ figcaption{font-size:12px;margin-top:5px;word-break:break-word}figcaption .p{col
 figcaption .path{color:var(--muted);font-size:10.5px}
 img.plot{max-width:100%;height:auto}.scroll{overflow-x:auto}ul{margin:6px 0;padding-left:20px}
 pre{background:#f0f3f7;padding:10px;border-radius:6px;overflow:auto;font-size:12px}
+.twins{display:inline-block;vertical-align:top;margin:8px 18px 4px 0}.twins p{margin:2px 0 6px;font-size:12.5px}
 """
 
 
@@ -88,19 +89,6 @@ def _agreement(v: dict) -> str:
     found = (v.get("evidence") or {}).get("agreement")
     bounds = f' <span class=muted>[{found["low"]:.1f}, {found["high"]:.1f}]</span>' if found else ""
     return _num(v.get("agreement"), "{:.2f}") + bounds
-
-
-def thumbnail(path: Path, spec: PreprocessSpec) -> str | None:
-    """data: URI of a ~96 px JPEG of the photo as the model saw it, or None if it is unreadable."""
-    from PIL import Image
-
-    try:
-        pixels = prepare(path, spec)
-    except Exception:  # gone, unreadable or not an image any more: the page shows a placeholder
-        return None
-    buf = io.BytesIO()
-    Image.fromarray(pixels).resize((THUMB_PX, THUMB_PX), Image.Resampling.LANCZOS).save(buf, "JPEG", quality=85)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def _name(run_dir: Path) -> str:
@@ -204,6 +192,14 @@ def _curves(run_dir: Path) -> str:
     return f'<section><h2>Training curves</h2><img class=plot alt="training curves" src="{uri}"></section>'
 
 
+def _data_root(splits: dict | None, config: dict) -> Path:
+    return Path((splits or {}).get("data_dir") or config.get("data", {}).get("dir", "."))
+
+
+def _spec(config: dict) -> PreprocessSpec:
+    return PreprocessSpec.from_dict(config["preprocess"]) if "preprocess" in config else PreprocessSpec()
+
+
 def _mistakes(report: dict, splits: dict | None, config: dict) -> str:
     mistakes = report.get("mistakes")
     if mistakes is None:
@@ -211,8 +207,7 @@ def _mistakes(report: dict, splits: dict | None, config: dict) -> str:
     out = [f"<section><h2>Photos it got wrong ({len(mistakes)}, most confident first)</h2>"]
     if not mistakes:
         return out[0] + "<p class=muted>none</p></section>"
-    root = Path((splits or {}).get("data_dir") or config.get("data", {}).get("dir", "."))
-    spec = PreprocessSpec.from_dict(config["preprocess"]) if "preprocess" in config else PreprocessSpec()
+    root, spec = _data_root(splits, config), _spec(config)
     figures = []
     for m in mistakes:
         uri = thumbnail(root / m["path"], spec)
@@ -304,7 +299,8 @@ def render(run_dir: str | Path) -> str:
     labels = (labels_file.read_text(encoding="utf-8").splitlines() if labels_file.is_file()
               else report.get("labels") or (splits or {}).get("labels", []))
     body = "".join([
-        _summary(run_dir, report, config, labels), _dataset(report, splits, labels), _metrics(report, labels),
+        _summary(run_dir, report, config, labels), _dataset(report, splits, labels),
+        data_check_section(report.get("data_check"), _data_root(splits, config), _spec(config)), _metrics(report, labels),
         _curves(run_dir), _mistakes(report, splits, config), *_converted(run_dir),
         f"<section><h2>Configuration</h2><details><summary>config.json</summary><pre>{_e(json.dumps(config, indent=2))}"
         "</pre></details></section>" if config else "",

@@ -163,7 +163,7 @@ def _manifest(variant, source: Path, data: bytes, sha: str, meta, loaded, parity
         "parity": {
             "split": parity.get("split"), "n": parity.get("n"), "keras_accuracy": parity.get("keras_accuracy"),
             **{k: entry.get(k) for k in ("accuracy", "delta_acc", "agreement", "strict_agreement", "max_abs_dp",
-                                         "thresholds", "passed")},
+                                         "thresholds", "evidence", "decision", "passed")},
         },
         "metadata": {"name": meta.name, "version": meta.version, "author": meta.author, "license": meta.license},
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -227,6 +227,9 @@ def readme(m: dict, labels: list[str]) -> str:
         scores = f"{out['dtype']} `{out['shape']}`, softmax probabilities."
     pct = lambda x: "n/a" if x is None else f"{x * 100:.2f} %"  # noqa: E731
     agree = "n/a" if par.get("agreement") is None else f"{par['agreement']:.2f} %"
+    bounds = (par.get("evidence") or {}).get("agreement")
+    if bounds:  # the held-out interval the gate decided on
+        agree += f" (90 % interval {bounds['low']:.2f}-{bounds['high']:.2f} %)"
     delta = "n/a" if par.get("delta_acc") is None else f"{par['delta_acc']:+.2f} points"
     label_list = ", ".join(labels[:20]) + (", ..." if len(labels) > 20 else "")
     values = {
