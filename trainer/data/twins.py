@@ -17,6 +17,7 @@ components of the pairs (union-find). numpy and Pillow only; no TensorFlow.
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -68,7 +69,8 @@ def cached_phash(raw: bytes, digest: str, cache) -> int | str:
     try:
         value = phash(raw)
     except Exception as exc:  # any decoder failure: the photo is unreadable (reported by reason)
-        return f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+        # the same bytes give the same words: no "<_io.BytesIO object at 0x...>" in the reason
+        return re.sub(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>", "", f"{type(exc).__name__}: {exc}").splitlines()[0][:200]
     cache.put(key, np.array([value], np.uint64).view(np.float32))
     return value
 
