@@ -54,7 +54,7 @@ def train(
     overwrite: bool = typer.Option(False, "--overwrite", help="--out may hold a run: build the new one beside "
                                    "it and swap it in whole at the end (no file of the old model stays)."),
     config: Optional[Path] = typer.Option(None, "--config", help="Repeat a run: its config.json (other options "
-                                          "are ignored, except --data and --out)."),
+                                          "are ignored, except --data, --out, --overwrite and --exclude)."),
     backbone: str = typer.Option("mobilenet_v2", help="mobilenet_v2 | a keras.applications name | a TF Hub or Kaggle model URL | hub:PATH"),
     weights: str = typer.Option("default", help="default | imagenet | PATH | none"),
     image_size: int = typer.Option(224, help="Square input size in pixels."),
