@@ -23,7 +23,7 @@ from typing import TextIO
 
 import numpy as np
 
-from edge.postprocess import Category
+from edge.postprocess import Category, Verdict, result_fields, verdict_text
 
 WINDOW = "edge-transfer"
 DEFAULT_SAVE_FPS = 30.0  # a --save video's frame rate when the source does not report one (cameras)
@@ -115,37 +115,47 @@ class FrameResult:
     fps: float = 0.0
     preprocess_ms: float = 0.0
     inference_ms: float = 0.0
+    unknown: bool = False  # none of the classes (edge.postprocess.Verdict)
+    none_score: float | None = None  # the reject class's probability; None without one
+    best: Category | None = None  # the best known class
+    reject_label: str | None = None
 
 
-def classify_timed(classifier, frame: np.ndarray) -> tuple[list[Category], float, float]:
-    """(categories, preprocess_ms, inference_ms), split as `edge classify --json` reports them:
+def classify_timed(classifier, frame: np.ndarray) -> tuple[Verdict, float, float]:
+    """(verdict, preprocess_ms, inference_ms), split as `edge classify --json` reports them:
     resize + quantize, then invoke + rank. A stand-in with only ``classify_image`` counts it all
-    as inference."""
+    as inference and never says "none of these"."""
     start = time.perf_counter()
     if hasattr(classifier, "input_tensor"):  # edge.classifier.Classifier
         tensor = classifier.input_tensor(frame)
         middle = time.perf_counter()
-        categories = classifier.categorize(classifier.run(tensor))
+        verdict = classifier.judge(classifier.run(tensor))
     else:
         middle = start
-        categories = classifier.classify_image(frame)
+        verdict = Verdict(tuple(classifier.classify_image(frame)))
     end = time.perf_counter()
-    return categories, (middle - start) * 1000, (end - middle) * 1000
+    return verdict, (middle - start) * 1000, (end - middle) * 1000
 
 
 # ------------------------------------------------------------------------------------ render
-def describe(frame_number: int, categories: list[Category], fps: float) -> str:
-    """The headless text line for one frame."""
+def describe(frame_number: int, categories: list[Category], fps: float, verdict=None) -> str:
+    """The headless text line for one frame; ``verdict`` (a Verdict or FrameResult) that says
+    "none of these" turns the ranking into "none of these (unknown 0.87; best: roses 0.10)"."""
     ranked = ", ".join(f"{c.label} {c.score:.2f}" for c in categories) or "-"
-    return f"frame {frame_number}: {ranked}  ({fps:.1f} fps)"
+    text = verdict_text(verdict, ranked) if verdict is not None else ranked
+    return f"frame {frame_number}: {text}  ({fps:.1f} fps)"
 
 
-def draw_overlay(frame_rgb: np.ndarray, categories: list[Category], fps: float) -> np.ndarray:
-    """A BGR copy of the frame with the categories and FPS written on it, for cv2.imshow."""
+def draw_overlay(frame_rgb: np.ndarray, categories: list[Category], fps: float, verdict=None) -> np.ndarray:
+    """A BGR copy of the frame with the categories and FPS written on it, for cv2.imshow; a
+    "none of these" line (with the reject class's score) above them when ``verdict`` says so."""
     import cv2
 
     canvas = cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2BGR)
     lines = [f"{fps:.1f} fps"] + [f"{c.label}: {c.score:.2f}" for c in categories]
+    if verdict is not None and verdict.unknown:
+        none = "" if verdict.none_score is None else f": {verdict.none_score:.2f}"
+        lines.insert(1, f"none of these{none}")
     for i, text in enumerate(lines):
         y = 24 + 24 * i
         cv2.putText(canvas, text, (10, y), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 3, cv2.LINE_AA)
@@ -160,7 +170,7 @@ class TextRenderer:
         self.out = out
 
     def show(self, frame: np.ndarray, result: FrameResult) -> bool:
-        print(describe(result.number, result.categories, result.fps), file=self.out, flush=True)
+        print(describe(result.number, result.categories, result.fps, result), file=self.out, flush=True)
         return True
 
     def close(self) -> None:
@@ -180,7 +190,7 @@ class WindowRenderer:
             raise CameraError("this OpenCV build has no windows (opencv-python-headless?); use --headless") from None
 
     def show(self, frame: np.ndarray, result: FrameResult) -> bool:
-        self._cv2.imshow(WINDOW, draw_overlay(frame, result.categories, result.fps))
+        self._cv2.imshow(WINDOW, draw_overlay(frame, result.categories, result.fps, result))
         return self._cv2.waitKey(1) & 0xFF not in (ord("q"), 27)
 
     def close(self) -> None:
@@ -188,19 +198,9 @@ class WindowRenderer:
 
 
 def frame_json(result: FrameResult, source: str) -> dict:
-    """One frame as `edge classify --json` reports one image ("path" is the source), plus the
-    frame number and the FPS."""
-    cats = result.categories
-    return {
-        "frame": result.number,
-        "path": source,
-        "indices": [c.index for c in cats],
-        "labels": [c.label for c in cats],
-        "scores": [round(c.score, 6) for c in cats],
-        "latency_ms": round(result.inference_ms, 3),
-        "preprocess_ms": round(result.preprocess_ms, 3),
-        "fps": round(result.fps, 2),
-    }
+    """One frame as `edge classify --json` reports one image ("path" is the source, with
+    "unknown" and "none_score"), plus the frame number and the FPS."""
+    return {"frame": result.number, "path": source, **result_fields(result), "fps": round(result.fps, 2)}
 
 
 class JsonRenderer:
@@ -244,7 +244,7 @@ class VideoRenderer:
         self._temp = Path(temp)
 
     def show(self, frame: np.ndarray, result: FrameResult) -> bool:
-        canvas = draw_overlay(frame, result.categories, result.fps)
+        canvas = draw_overlay(frame, result.categories, result.fps, result)
         if self._writer is None:
             height, width = canvas.shape[:2]
             self._writer = self._cv2.VideoWriter(str(self._temp), self._cv2.VideoWriter_fourcc(*self.FOURCC),
@@ -317,9 +317,10 @@ def run(classifier, source, headless: bool = False, max_frames: int = 0, out: Te
     count = 0
     try:
         for frame in source.frames():
-            categories, preprocess_ms, inference_ms = classify_timed(classifier, frame)
+            v, preprocess_ms, inference_ms = classify_timed(classifier, frame)
             count += 1
-            result = FrameResult(count, tuple(categories), meter.tick(), preprocess_ms, inference_ms)
+            result = FrameResult(count, v.categories, meter.tick(), preprocess_ms, inference_ms,
+                                 v.unknown, v.none_score, v.best, v.reject_label)
             if not all([renderer.show(frame, result) for renderer in renderers]):  # each one sees it
                 break
             if max_frames and count >= max_frames:

@@ -20,7 +20,8 @@ import numpy as np
 from edge import preprocess
 from edge.flatbuffer import InvalidModelError
 from edge.metadata import ModelMetadata
-from edge.postprocess import Category, read_labels, to_scores, top_categories
+from edge.postprocess import (Category, Verdict, best_known, is_none_of_these, label_of, read_labels, to_scores,
+                              top_categories)
 from edge.runtime import InferenceError, LoadedModel, TensorInfo, invoke, make_interpreter
 
 
@@ -31,7 +32,8 @@ class ClassifierOptions:
     model: path to the .tflite file.
     num_threads: interpreter CPU threads (None: the runtime's default).
     top_k: how many categories to return (<= 0: all).
-    threshold: drop categories scoring below this.
+    threshold: drop categories scoring below this; > 0 also decides "none of these" (no known
+        class reaches it), overriding the model's own open-set class.
     allow / deny: only report / never report these labels (exact match).
     edgetpu: run through the Edge TPU delegate (needs libedgetpu and an _edgetpu model).
     labels: a labels file that overrides the model's own labels.
@@ -62,13 +64,17 @@ class InputPlan:
 
 @dataclass(frozen=True)
 class Result:
-    """The outcome for one image file: categories, or an error message."""
+    """The outcome for one image file: categories and the none-of-these verdict, or an error."""
 
     path: str
     categories: tuple[Category, ...] = ()
     preprocess_ms: float = 0.0
     inference_ms: float = 0.0
     error: str | None = None
+    unknown: bool = False  # none of the classes (see edge.postprocess.is_none_of_these)
+    none_score: float | None = None  # the reject class's probability; None without one
+    best: Category | None = None  # the best known class
+    reject_label: str | None = None  # the open-set class's label; None without one
 
 
 @dataclass(frozen=True)
@@ -145,6 +151,7 @@ class Classifier:
         self.spec = preprocess.PreprocessSpec(size=self.model.input_size)
         self.plan = plan_input(self.model.metadata, self.model.input)
         self.labels, self.labels_source = resolve_labels(options.model, self.model.metadata, options.labels)
+        self.reject_index, self.warnings = _reject_index(self.model.metadata, self.num_classes)
         self._interpreter = self.model.interpreter
 
     @property
@@ -154,6 +161,11 @@ class Classifier:
     @property
     def num_classes(self) -> int:
         return int(np.prod(self.model.output.shape[1:]))
+
+    @property
+    def reject_label(self) -> str | None:
+        """The open-set ("none of these") class's label; None when the model has none."""
+        return None if self.reject_index is None else label_of(self.reject_index, self.labels)
 
     def prepare(self, path: str | Path) -> np.ndarray:
         """Decode and resize a photo to the model's input size (edge.preprocess.prepare)."""
@@ -207,6 +219,17 @@ class Classifier:
         o = self.options
         return top_categories(scores, self.labels, o.top_k, o.threshold, o.allow, o.deny)
 
+    def judge(self, scores: np.ndarray) -> Verdict:
+        """Scores -> categories (as :meth:`categorize`) and the none-of-these verdict."""
+        o, reject = self.options, self.reject_index
+        return Verdict(
+            tuple(self.categorize(scores)),
+            is_none_of_these(scores, reject, o.threshold),
+            None if reject is None else float(scores[reject]),
+            best_known(scores, self.labels, reject, o.allow, o.deny),
+            self.reject_label,
+        )
+
     def classify_image(self, image: np.ndarray) -> list[Category]:
         """RGB uint8 array (any size) -> top categories."""
         return self.categorize(self.scores(image))
@@ -243,8 +266,21 @@ class Classifier:
         if prepared.tensor is None:
             return Result(prepared.path, error=prepared.error)
         start = time.perf_counter()
-        categories = self.categorize(self.run(prepared.tensor))
-        return Result(prepared.path, tuple(categories), prepared.ms, (time.perf_counter() - start) * 1000)
+        v = self.judge(self.run(prepared.tensor))
+        return Result(prepared.path, v.categories, prepared.ms, (time.perf_counter() - start) * 1000,
+                      unknown=v.unknown, none_score=v.none_score, best=v.best, reject_label=v.reject_label)
+
+
+def _reject_index(meta: ModelMetadata, num_classes: int) -> tuple[int | None, tuple[str, ...]]:
+    """The open-set class's output index (the last), and the metadata's warnings plus one when
+    its labels do not match the outputs (the last label would not be the last output)."""
+    warnings = meta.warnings
+    if meta.open_set is None:
+        return None, warnings
+    if len(meta.labels or ()) != num_classes:
+        n = len(meta.labels or ())
+        return None, (*warnings, f"{n} labels for {num_classes} outputs; no none-of-these class")
+    return num_classes - 1, warnings
 
 
 def _one_line(exc: BaseException) -> str:

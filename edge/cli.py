@@ -23,6 +23,7 @@ app = new_app("Run a TFLite image classifier on photos or a camera, without Tens
 EXIT_IMAGE_ERROR = 1
 EXIT_MODEL_ERROR = 2
 _GLOB_CHARS = set("*?[")
+OPEN_SET_WARNING = "no none-of-these class"  # how edge.metadata / edge.classifier end such warnings
 
 
 def _fail(message: str, code: int = EXIT_MODEL_ERROR) -> typer.Exit:
@@ -52,7 +53,8 @@ def expand_inputs(args: list[str]) -> list[str]:
 
 def load_classifier(options):
     """Build a Classifier, turning every load failure into a one-line exit 2; damaged labels
-    in the model are a one-line warning (categories are then named by index)."""
+    in the model are a one-line warning (categories are then named by index), and so is a
+    damaged open_set.json (no none-of-these class then)."""
     from edge.classifier import Classifier
     from edge.flatbuffer import InvalidModelError
     from edge.runtime import DelegateError, RuntimeMissingError
@@ -63,32 +65,28 @@ def load_classifier(options):
         raise _fail(str(exc)) from None
     except OSError as exc:  # the --labels file
         raise _fail(f"cannot read {exc.filename}: {exc.strerror}") from None
-    if options.labels is None:
-        for warning in classifier.model.metadata.warnings:
+    for warning in classifier.warnings:  # with --labels, the model's own labels do not matter
+        if options.labels is None or warning.endswith(OPEN_SET_WARNING):
             typer.echo(f"warning: {options.model}: {warning}", err=True)
     return classifier
 
 
 def format_result(result, as_json: bool) -> str:
     """One output line for a classify Result."""
+    from edge.postprocess import result_fields, verdict_text
+
     if as_json:
         if result.error:
             return json.dumps({"path": result.path, "error": result.error})
-        cats = result.categories
-        return json.dumps(
-            {
-                "path": result.path,
-                "indices": [c.index for c in cats],
-                "labels": [c.label for c in cats],
-                "scores": [round(c.score, 6) for c in cats],
-                "latency_ms": round(result.inference_ms, 3),
-                "preprocess_ms": round(result.preprocess_ms, 3),
-            }
-        )
+        return json.dumps({"path": result.path, **result_fields(result)})
     if result.error:
         return f"{result.path}: error: {result.error}"
-    ranked = ", ".join(f"{c.label} ({c.score:.3f})" for c in result.categories) or "(nothing above threshold)"
-    return f"{result.path}: {ranked}  [{result.inference_ms:.1f} ms]"
+    return f"{result.path}: {verdict_text(result, ranked_text(result.categories))}  [{result.inference_ms:.1f} ms]"
+
+
+def ranked_text(categories) -> str:
+    """The ranking part of a classify text line."""
+    return ", ".join(f"{c.label} ({c.score:.3f})" for c in categories) or "(nothing above threshold)"
 
 
 @app.command()
@@ -96,7 +94,10 @@ def classify(
     model: Path = typer.Argument(..., help="The .tflite model."),
     paths: list[str] = typer.Argument(..., help="Image files, folders (recursive) or globs."),
     top_k: int = typer.Option(3, "--top-k", "-k", help="Categories per image (0: all)."),
-    threshold: float = typer.Option(0.0, "--threshold", "-t", help="Minimum score to report."),
+    threshold: float = typer.Option(
+        0.0, "--threshold", "-t",
+        help="Minimum score to report; > 0 also overrides the model's own none-of-these decision: "
+             "a photo is 'none of these' when no known class scores at least this."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object a line."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Interpreter threads (default: all cores)."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="Labels file overriding the model's own."),

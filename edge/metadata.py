@@ -5,12 +5,15 @@ buffer named "TFLITE_METADATA"; associated files (e.g. ``labels.txt``) live in a
 to the flatbuffer, read with ``zipfile``. A damaged metadata flatbuffer raises
 :class:`InvalidModelError` (one line): without it the normalization cannot be trusted. A
 damaged or missing labels file does not: labels fall back to indices and
-:attr:`ModelMetadata.warnings` says why, so the model still classifies.
+:attr:`ModelMetadata.warnings` says why, so the model still classifies. Likewise a damaged
+``open_set.json`` (the none-of-these class) only drops that class's special meaning.
 """
 
 from __future__ import annotations
 
 import io
+import json
+import math
 import os
 import zipfile
 from dataclasses import asdict, dataclass, field
@@ -19,7 +22,21 @@ from edge import schema
 from edge.flatbuffer import FlatBuffer, InvalidModelError, Table, guarded
 from edge.model_file import as_bytes, metadata_entries, model_root
 
-__all__ = ["InvalidModelError", "ModelMetadata", "dump_metadata", "metadata_dict", "read_metadata"]
+__all__ = ["OPEN_SET_FILE", "InvalidModelError", "ModelMetadata", "OpenSet", "dump_metadata", "metadata_dict",
+           "read_metadata"]
+
+OPEN_SET_FILE = "open_set.json"  # written by trainer.export.metadata beside labels.txt
+
+
+@dataclass(frozen=True)
+class OpenSet:
+    """The model's "none of these" class (open_set.json): always the last output, so a client
+    can say "none of these" instead of naming a wrong flower. threshold / keep are the trainer's
+    calibration, for the record: the decision is already in the scores (the reject class wins)."""
+
+    label: str
+    threshold: float | None = None
+    keep: float | None = None
 
 
 @dataclass(frozen=True)
@@ -42,6 +59,7 @@ class ModelMetadata:
     has_metadata: bool = False
     min_parser_version: str | None = None
     warnings: tuple[str, ...] = ()  # one line each: what was damaged and what was used instead
+    open_set: OpenSet | None = None  # from open_set.json; None without one, or when it is damaged
 
 
 def _floats(table: Table | None, slot: int) -> tuple[float, ...] | None:
@@ -98,6 +116,34 @@ def _split_lines(raw: bytes) -> list[str]:
     return lines
 
 
+def _number(value) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{value!r} is not a number")
+    return float(value)
+
+
+def _open_set(files: dict[str, bytes], labels: list[str] | None) -> tuple[OpenSet | None, str | None]:
+    """open_set.json -> (OpenSet, None); (None, a warning) when it is damaged or its label is
+    not the last label (the reject class must be the last output); (None, None) without one."""
+    raw = files.get(OPEN_SET_FILE)
+    if raw is None:
+        return None, None
+    try:
+        spec = json.loads(raw.decode("utf-8"))
+        if not isinstance(spec, dict) or not isinstance(spec.get("label"), str) or not spec["label"]:
+            raise ValueError("no label")
+        found = OpenSet(spec["label"], _number(spec.get("threshold")), _number(spec.get("keep")))
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError are ValueErrors
+        detail = " ".join(str(exc).split())[:120]
+        return None, f"{OPEN_SET_FILE} is damaged ({detail}); no none-of-these class"
+    if not labels or labels[-1] != found.label:
+        last = f"the last label is {labels[-1]!r}" if labels else "the model has no labels"
+        return None, f"{OPEN_SET_FILE} names {found.label!r} but {last}; no none-of-these class"
+    return found, None
+
+
 @guarded
 def read_metadata(model: bytes | str | os.PathLike) -> ModelMetadata:
     """Metadata of a .tflite model (bytes or path). A model without metadata is not an error."""
@@ -126,6 +172,8 @@ def read_metadata(model: bytes | str | os.PathLike) -> ModelMetadata:
     elif label_name is not None:
         why = zip_warning or f"metadata names label file {label_name!r} but the model does not contain it"
         warnings = [f"{why}; labels are category indices"]
+    open_set, open_set_warning = _open_set(files, labels)
+    warnings += [open_set_warning] if open_set_warning else []
     return ModelMetadata(
         name=meta.string(0),
         description=meta.string(1),
@@ -142,14 +190,18 @@ def read_metadata(model: bytes | str | os.PathLike) -> ModelMetadata:
         min_runtime_version=min_runtime,
         has_metadata=True,
         min_parser_version=meta.string(7),
+        open_set=open_set,
         warnings=tuple(warnings),
     )
 
 
 def metadata_dict(meta: ModelMetadata) -> dict:
     """A JSON-ready, canonical view of ModelMetadata (associated files as name -> size and
-    text), for golden files and `--json` dumps."""
+    text), for golden files and `--json` dumps. ``open_set`` ({label, threshold, keep}) is there
+    only when the model has one, so the dump of a model without it is unchanged."""
     out = asdict(meta)
+    if out["open_set"] is None:
+        del out["open_set"]
     out["associated_files"] = {
         name: {"bytes": len(raw), "text": raw.decode("utf-8", errors="replace")}
         for name, raw in sorted(meta.associated_files.items())

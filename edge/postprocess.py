@@ -12,6 +12,10 @@ Score rule (:func:`to_scores`): a raw output vector is turned into probabilities
   does not sum to 1 would be softmaxed too; no model we ship or test has one.)
 
 Ranking: scores descending; exact ties keep the lower class index first (stable sort).
+
+None of these (:func:`is_none_of_these`): a model with an open-set class (edge.metadata.OpenSet,
+always the last output) says "none of these" when that class ranks first; a user threshold
+replaces this rule with its own, which needs no such class: no known class scores >= T.
 """
 
 from __future__ import annotations
@@ -33,6 +37,22 @@ class Category:
     index: int
     label: str
     score: float
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What one photo's scores say: the ranked categories and whether it is none of the classes.
+
+    none_score: the reject class's probability (None for a model without an open-set class);
+    best: the best known class (never the reject one), what a "none of these" line names;
+    reject_label: the reject class's label (None without one).
+    """
+
+    categories: tuple[Category, ...] = ()
+    unknown: bool = False
+    none_score: float | None = None
+    best: Category | None = None
+    reject_label: str | None = None
 
 
 def dequantize(values: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
@@ -115,6 +135,64 @@ def top_categories(
         if top_k and top_k > 0 and len(result) == top_k:
             break
     return result
+
+
+def is_none_of_these(scores: np.ndarray, reject_index: int | None = None, threshold: float = 0.0) -> bool:
+    """True when the photo shows none of the classes.
+
+    ``threshold > 0`` (the user's rule) overrides the model's: none when no known class (every
+    class but ``reject_index``) scores >= threshold. Else the model's own decision: the reject
+    class ranks first (:func:`rank`); without one (``reject_index`` None) never.
+    """
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if threshold > 0:
+        known = np.delete(scores, reject_index) if reject_index is not None else scores
+        return not bool((known >= threshold).any())
+    return reject_index is not None and scores.size > 0 and int(rank(scores)[0]) == reject_index
+
+
+def best_known(
+    scores: np.ndarray,
+    labels: list[str] | None = None,
+    reject_index: int | None = None,
+    allow: tuple[str, ...] | list[str] = (),
+    deny: tuple[str, ...] | list[str] = (),
+) -> Category | None:
+    """The best class that is not the reject one (allow / deny as top_categories), for
+    "none of these (...; best: roses 0.10)"; None when no class is left."""
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    masked = scores.copy()
+    if reject_index is not None and 0 <= reject_index < masked.size:
+        masked[reject_index] = -np.inf
+    best = top_categories(masked, labels, 1, -np.finfo(np.float64).max, allow, deny)
+    return Category(best[0].index, best[0].label, float(scores[best[0].index])) if best else None
+
+
+# ------------------------------------------------------------- one result, as `edge classify` shows it
+def result_fields(result) -> dict:
+    """The JSON keys of one classified photo (or frame): the ranking, the none-of-these verdict
+    (``unknown``, ``none_score``: the reject class's probability, null without one), timings."""
+    cats = result.categories
+    return {
+        "indices": [c.index for c in cats],
+        "labels": [c.label for c in cats],
+        "scores": [round(c.score, 6) for c in cats],
+        "unknown": bool(result.unknown),
+        "none_score": None if result.none_score is None else round(result.none_score, 6),
+        "latency_ms": round(result.inference_ms, 3),
+        "preprocess_ms": round(result.preprocess_ms, 3),
+    }
+
+
+def verdict_text(result, ranked: str, digits: int = 2) -> str:
+    """``ranked`` as is, or for a photo of none of the classes
+    "none of these (unknown 0.87; best: roses 0.10)" (no reject class: no first part)."""
+    if not result.unknown:
+        return ranked
+    parts = [] if result.none_score is None else [f"{result.reject_label} {result.none_score:.{digits}f}"]
+    if result.best is not None:
+        parts.append(f"best: {result.best.label} {result.best.score:.{digits}f}")
+    return "none of these" + (f" ({'; '.join(parts)})" if parts else "")
 
 
 _INDEXED_LINE = re.compile(r"^\s*(\d+)[\s:]+(.*\S)\s*$")

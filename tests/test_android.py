@@ -61,13 +61,13 @@ def test_bundle_has_the_files_and_a_manifest_that_matches_them(bundle, converted
     assert m["variant"] == "int8"
     assert m["model"]["sha256"] == sha256(model) and m["model"]["size_bytes"] == len(model)
     assert m["model"]["file"] == "model.tflite" and m["model"]["source"] == "model_int8.tflite"
-    assert m["labels"]["count"] == 5
-    assert (bundle / "labels.txt").read_text() == (converted / "labels.txt").read_text()
+    assert m["labels"]["count"] == 6  # the 5 classes and the none-of-these label
+    assert (bundle / "labels.txt").read_text() == (converted / "labels.txt").read_text() + "unknown\n"
     inp, out = m["input"], m["output"]
     assert inp["dtype"] == "uint8" and inp["shape"] == [1, 224, 224, 3] and inp["color_space"] == "RGB"
     assert (inp["quantization"]["scale"], inp["quantization"]["zero_point"]) == (1.0, 0)
     assert inp["normalization"] == {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
-    assert out["dtype"] == "float32" and out["shape"] == [1, 5]  # softmax in float: no 1/256 grid
+    assert out["dtype"] == "float32" and out["shape"] == [1, 6]  # softmax in float: no 1/256 grid
     assert out["quantization"]["quantized"] is False
     parity = json.loads((converted / "parity.json").read_text())
     entry = parity["variants"]["int8"]
@@ -116,7 +116,7 @@ def _strip_metadata(run: Path) -> None:
 
 
 def _six_labels(run: Path) -> None:
-    """Re-pack the labels file inside the model with 6 labels for its 5 outputs."""
+    """Re-pack the labels file inside the model with 7 labels for its 6 outputs (5 classes, unknown)."""
     from edge.metadata import read_metadata
 
     path = run / "model_int8.tflite"
@@ -124,13 +124,13 @@ def _six_labels(run: Path) -> None:
     with zipfile.ZipFile(io.BytesIO(data)) as z:
         start = min(info.header_offset for info in z.infolist())
         names = [info.filename for info in z.infolist()]
-    assert names == ["labels.txt"]
+    assert names == ["labels.txt", "open_set.json"]
     out = io.BytesIO()
     out.write(data[:start])
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as z:
-        z.writestr("labels.txt", (run / "labels.txt").read_text() + "orchids\n")
+        z.writestr("labels.txt", (run / "labels.txt").read_text() + "orchids\nunknown\n")
     path.write_bytes(out.getvalue())
-    assert len(read_metadata(path).labels) == 6
+    assert len(read_metadata(path).labels) == 7
 
 
 def _drop_parity(run: Path) -> None:
@@ -151,7 +151,7 @@ def _other_labels(run: Path) -> None:
 REFUSALS = {
     "parity_failed": (_fail_parity, "failed its parity gate"),
     "no_metadata": (_strip_metadata, "no TFLite metadata"),
-    "label_count": (_six_labels, "6 labels but the model outputs 5"),
+    "label_count": (_six_labels, "7 labels but the model outputs 6"),
     "no_parity": (_drop_parity, "parity.json not found"),
     "labels_differ": (_other_labels, "differ from"),
     "other_model": (_other_model, "made for another model.keras"),

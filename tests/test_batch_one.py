@@ -53,7 +53,7 @@ def test_every_variant_of_a_converted_run_is_batch_one(converted):
         v = verify(data, MODES[mode])
         assert v.ok and v.input_signature == (1, *run.spec.size, 3) and v.dynamic_dims == 0, (mode, v.problems)
         meta = read_metadata(data)  # metadata as before: labels, raw pixels in
-        assert meta.labels == run.labels and meta.mean == (0.0, 0.0, 0.0) and meta.std == (1.0, 1.0, 1.0)
+        assert meta.labels == run.output_labels and meta.mean == (0.0, 0.0, 0.0) and meta.std == (1.0, 1.0, 1.0)
 
 
 def test_android_assets_model_is_batch_one():

@@ -21,4 +21,22 @@ def test_variant_classifies_a_real_flower_in_the_android_engines(client, mode, c
     alone = tmp_path / f"model_{mode}.tflite"  # only the .tflite: labels and normalization from metadata
     shutil.copy(converted / f"model_{mode}.tflite", alone)
     categories = client_classify(client, alone, photo)
-    assert_top_category(categories, (converted / "labels.txt").read_text().splitlines(), label, index)
+    assert_top_category(categories, output_labels(converted), label, index)
+
+
+def output_labels(run) -> list[str]:
+    """labels.txt and the none-of-these label the model outputs last."""
+    return (run / "labels.txt").read_text().splitlines() + ["unknown"]
+
+
+@pytest.mark.parametrize("client", ["mediapipe", "tflite_support"])
+@pytest.mark.parametrize("mode", ["float32", "int8", "full_int8"])
+@pytest.mark.parametrize("photo", ["cat.bmp", "grace_hopper.bmp"])
+def test_a_photo_of_no_flower_is_none_of_these_with_the_default_options(client, mode, photo, converted, shared_data,
+                                                                          tmp_path):
+    """Google's sample photos of a cat and of Grace Hopper: the engines' own top category is the
+    reject label, from the model file alone (default options, no threshold of ours)."""
+    alone = tmp_path / f"model_{mode}.tflite"
+    shutil.copy(converted / f"model_{mode}.tflite", alone)
+    categories = client_classify(client, alone, shared_data / "coral" / photo)
+    assert_top_category(categories, output_labels(converted), "unknown", 5)

@@ -91,7 +91,9 @@ def test_verify_reports_a_file_that_breaks_its_modes_promises(converted):
 def test_metadata_carries_our_labels_in_order_and_identity_normalization(converted, mode):
     meta = read_metadata(converted / f"model_{mode}.tflite")
     assert meta.has_metadata
-    assert meta.labels == labels_of(converted) == ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
+    assert labels_of(converted) == ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
+    assert meta.labels == [*labels_of(converted), "unknown"]  # the none-of-these class last
+    assert meta.open_set is not None and meta.open_set.label == "unknown" and 0 < meta.open_set.threshold < 1
     assert meta.mean == (0.0, 0.0, 0.0) and meta.std == (1.0, 1.0, 1.0) and meta.color_space == "RGB"
     assert mode in meta.name and meta.author == "edge-transfer" and meta.license == "Apache-2.0"
     assert meta.version and meta.description

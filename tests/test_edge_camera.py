@@ -175,8 +175,8 @@ def test_json_renderer_matches_classify_rounding():
     out = io.StringIO()
     JsonRenderer("cam0", out).show(None, FrameResult(3, (Category(4, "tulips", 0.1234567),), 29.987, 1.23456, 2.5))
     assert json.loads(out.getvalue()) == {"frame": 3, "path": "cam0", "indices": [4], "labels": ["tulips"],
-                                          "scores": [0.123457], "latency_ms": 2.5, "preprocess_ms": 1.235,
-                                          "fps": 29.99}
+                                          "scores": [0.123457], "unknown": False, "none_score": None,
+                                          "latency_ms": 2.5, "preprocess_ms": 1.235, "fps": 29.99}
 
 
 class Watcher(Recorder):

@@ -59,8 +59,9 @@ def test_json_mode_reports_errors_as_objects(photo_dir):
                     photo_dir / "missing.jpg")
     assert proc.returncode == 1
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert set(rows[0]) == {"path", "indices", "labels", "scores", "latency_ms", "preprocess_ms"}
+    assert set(rows[0]) == {"path", "indices", "labels", "scores", "unknown", "none_score", "latency_ms", "preprocess_ms"}
     assert len(rows[0]["labels"]) == 2 and rows[0]["labels"][0] == "daisy"
+    assert rows[0]["unknown"] is False and rows[0]["none_score"] is None  # no open-set class in this model
     assert [set(r) for r in rows[1:]] == [{"path", "error"}] * 2
 
 

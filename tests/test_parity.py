@@ -152,3 +152,60 @@ def test_model_card_describes_data_metrics_and_every_variant(converted):
     headings = ("Intended use", "Data", "Preprocessing", "Metrics", "TFLite variants", "Limitations")
     assert all(f"## {heading}" in md for heading in headings)
     assert all(f"| {mode} | " in md for mode in MODES)
+    o = report["open_set"]  # the session's run has the none-of-these output (train's default)
+    assert card["outputs"] == [*card["classes"], o["label"]] and card["open_set"]["threshold"] == o["threshold"]
+    assert [r["left_out"] for r in card["open_set"]["leave_one_class_out"]["classes"]] == card["classes"]
+    assert "## None of these" in md and all(f"| {c} | " in md.split("## None of these")[1] for c in card["classes"])
+
+
+def _card_run(tmp_path, open_set: dict | None) -> Path:
+    """The files model_card.build reads, no model: three classes, report.json with or without open_set."""
+    run = tmp_path / "run"
+    run.mkdir(parents=True)
+    (run / "model.keras").write_bytes(b"")
+    (run / "labels.txt").write_text("a\nb\nc\n")
+    splits = {"data_dir": "/d", "labels": ["a", "b", "c"], "train": [{"path": "a/1.jpg", "label": 0}], "val": [],
+              "test": [{"path": "b/1.jpg", "label": 1}, {"path": "c/1.jpg", "label": 2}], "skipped": []}
+    (run / "splits.json").write_text(json.dumps(splits))
+    (run / "config.json").write_text(json.dumps({"data": {"dir": "/d"}}))
+    report = {"splits": {"test": {"n": 2, "accuracy": 0.5, "macro_f1": 0.33}}}
+    (run / "report.json").write_text(json.dumps({**report, **({"open_set": open_set} if open_set else {})}))
+    return run
+
+
+def test_model_card_describes_the_none_of_these_output(tmp_path):
+    from tests.test_report_html import open_set
+    from trainer.report import model_card
+
+    card = model_card.build(_card_run(tmp_path, open_set()))
+    assert card["classes"] == ["a", "b", "c"] and card["outputs"] == ["a", "b", "c", "unknown"]
+    o = card["open_set"]
+    assert (o["label"], o["output_index"], o["threshold"], o["keep"]) == ("unknown", 3, 0.629686, 0.95)
+    assert o["held_out"] == {"split": "test", "photos": 587, "rejected": 0.0767, "accuracy": 0.9012,
+                             "accuracy_with_rejections": 0.8501}
+    assert o["calibration"] == {"temperature": 0.9057, "ece_before": 0.0365, "ece_after": 0.031, "photos": 587}
+    loco = o["leave_one_class_out"]
+    assert loco["mean"]["auroc"] == 0.7505 and [r["left_out"] for r in loco["classes"]] == ["daisy", "sun<flowers>"]
+    assert loco["classes"][0]["auroc_max_probability"] == 0.8212
+    assert "unknown" in card["limitations"][0] and "26.9 %" in card["limitations"][0]
+    md = model_card.render_markdown(card)
+    assert "- one more output after them, `unknown` (index 3)" in md
+    section = md.split("## None of these\n", 1)[1].split("\n## ", 1)[0]
+    assert "below 0.6297 gets `unknown`" in section and "keeps 95 % of the val photos" in section
+    assert "- test: 587 photos, 7.7 % answered `unknown`; accuracy 0.9012 without rejections, 0.8501" in section
+    assert "temperature 0.9057" in section and "0.0365 -> 0.0310" in section
+    assert "| daisy | 101 / 486 | 0.707 | 0.821 | 15.8 % | 23.8 % | 92.2 % | 0.9177 | 0.8642 |" in section
+    assert "| **mean** |  | 0.750 | 0.761 | 26.9 % | 21.1 % | 92.5 % | 0.9135 | 0.8608 |" in section
+    assert section.count("\n| ") == 4  # header, daisy, sun<flowers>, mean
+
+
+def test_model_card_without_open_set_has_no_section(tmp_path):
+    from tests.test_report_html import open_set
+    from trainer.report import model_card
+
+    card = model_card.build(_card_run(tmp_path, None))
+    assert card["open_set"] is None and card["outputs"] == card["classes"] == ["a", "b", "c"]
+    assert card["limitations"] == model_card.LIMITS and "None of these" not in model_card.render_markdown(card)
+    small = model_card.build(_card_run(tmp_path / "small", open_set(split="val", loco=False)))
+    assert small["open_set"]["held_out"]["split"] == "val" and small["open_set"]["leave_one_class_out"] is None
+    assert "- leave one class out: not measured" in model_card.render_markdown(small)

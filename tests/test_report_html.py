@@ -56,7 +56,8 @@ def make_run(run, parity_fail: bool = True):
                         "val_accuracy": [0.3, 0.6, 0.7]}}
     report = {"labels": classes, "counts": {p: len(splits.part(p)) for p in ("train", "val", "test")},
               "splits": {p: metrics.classification_report(splits.targets(p), probs[p], classes) for p in probs},
-              "skipped": skipped, "timings": {"total_s": 12.3}, "history": history, "mistakes": mistakes}
+              "skipped": skipped, "timings": {"total_s": 12.3}, "history": history, "mistakes": mistakes,
+              "open_set": open_set()}
     run.mkdir()
     atomic.write_json(run / "report.json", report)
     atomic.write_json(run / "splits.json", splits.to_dict())
@@ -107,7 +108,8 @@ def test_page_is_self_contained_and_shows_every_section(tmp_path):
     assert len(images) == 1 + len(mistakes) - 1  # curves + every mistake but the missing photo
     assert html.count('class="missing"') == 1 and "daisy/gone.jpg" in html
     for section in ("Dataset", "Metrics (model.keras)", "Per class (test)", "Confusion matrix", "Training curves",
-                    "Photos it got wrong", "TFLite parity", "Benchmark", "Model card", "Configuration"):
+                    "Photos it got wrong", "TFLite parity", "Benchmark", "Model card", "Configuration",
+                    "None of these"):
         assert section in html, section
     for label in report["labels"]:
         assert f"<td>{label}</td>" in html
@@ -141,6 +143,71 @@ def test_only_report_json_is_required(tmp_path):
     atomic.write_json(run / "report.json", {"splits": {"test": {"n": 0, "accuracy": None}}})
     html = page.write(run).read_text()
     assert "Training report" in html and "TFLite parity" not in html and "<img" not in html
+
+
+def open_set(split: str = "test", loco: bool = True) -> dict:
+    """report.json's open_set as `train` writes it (the numbers of a real tf_flowers run; one class
+    name needs escaping)."""
+    rows = [{"left_out": "daisy", "known_photos": 486, "left_out_photos": 101, "auroc": 0.7067,
+             "auroc_max_probability": 0.8212, "rejected": 0.1584, "rejected_max_probability": 0.2376,
+             "known_kept": 0.9218, "known_accuracy": 0.9177, "known_accuracy_with_rejections": 0.8642},
+            {"left_out": "sun<flowers>", "known_photos": 475, "left_out_photos": 112, "auroc": 0.5894,
+             "auroc_max_probability": 0.7968, "rejected": 0.0625, "rejected_max_probability": 0.2143,
+             "known_kept": 0.9221, "known_accuracy": 0.9053, "known_accuracy_with_rejections": 0.8526}]
+    mean = {"auroc": 0.7505, "auroc_max_probability": 0.7614, "rejected": 0.2692, "rejected_max_probability": 0.2114,
+            "known_kept": 0.9247, "known_accuracy": 0.9135, "known_accuracy_with_rejections": 0.8608}
+    return {"label": "unknown", "score": "prototype_cosine", "threshold": 0.629686, "keep": 0.95,
+            "prototypes_per_class": 8, "prototypes": 40, "sharpness": 25.0,
+            split: {"photos": 587, "rejected": 0.0767, "accuracy": 0.9012, "accuracy_with_rejections": 0.8501},
+            "calibration": {"temperature": 0.9057, "ece_before": 0.0365, "ece_after": 0.031, "photos": 587},
+            "leave_one_class_out": {"classes": rows, "mean": mean, "keep": 0.95} if loco else None}
+
+
+def _page_with(run, extra: dict) -> str:
+    run.mkdir()
+    atomic.write_json(run / "report.json", {"splits": {"test": {"n": 587, "accuracy": 0.9012}}, **extra})
+    return page.render(run)
+
+
+def _cells(html: str, first: str) -> list[str]:
+    """The cells of the table row whose first cell is ``first``."""
+    row = html.split(f"<tr><td>{first}</td>", 1)[1].split("</tr>", 1)[0]
+    return [c.split(">", 1)[1] for c in row.split("</td>")[:-1]]
+
+
+def test_open_set_section_shows_threshold_split_calibration_and_leave_one_class_out(tmp_path):
+    html = _page_with(tmp_path / "run", {"open_set": open_set()})
+    section = html.split("<h2>None of these (<code>unknown</code>)</h2>", 1)[1].split("</section>", 1)[0]
+    assert "threshold <b>0.6297</b> gets <code>unknown</code>" in section
+    assert "keeps 95 % of the val photos" in section
+    assert "40 class prototypes (8 per class)" in section
+    assert ("<b>test</b> (587 photos): 7.7 % answered <code>unknown</code>; accuracy 0.9012 without rejections, "
+            "0.8501 with each rejection counted as wrong") in section
+    assert "temperature 0.9057" in section and "on 587 test photos 0.0365 → 0.0310" in section
+    assert "Leave one class out (threshold keeping 95 % of val)" in section
+    # left out, photos, AUROC ours / max probability, rejected ours / max probability, known kept,
+    # known accuracy without / with rejections
+    assert _cells(section, "daisy") == ["101 / 486", "0.707", "0.821", "15.8 %", "23.8 %", "92.2 %", "0.9177",
+                                        "0.8642"]
+    assert _cells(section, "sun&lt;flowers&gt;")[1:3] == ["0.589", "0.797"]  # escaped, never raw
+    assert "sun<flowers>" not in html
+    assert _cells(section, "<b>mean</b>") == ["", "<b>0.750</b>", "<b>0.761</b>", "<b>26.9 %</b>", "<b>21.1 %</b>",
+                                              "<b>92.5 %</b>", "<b>0.9135</b>", "<b>0.8608</b>"]
+    assert section.count("<tr><td>") == 3  # one row per class and the mean
+    assert html.index("Metrics (model.keras)") < html.index("None of these")  # right after the metrics
+
+
+def test_open_set_section_on_val_and_without_leave_one_class_out(tmp_path):
+    html = _page_with(tmp_path / "run", {"open_set": open_set(split="val", loco=False)})
+    assert "<b>val</b> (587 photos): 7.7 %" in html and "on 587 val photos 0.0365 → 0.0310" in html
+    assert "Leave one class out: not measured" in html and "AUROC" not in html
+
+
+def test_no_open_set_no_section(tmp_path):
+    plain = _page_with(tmp_path / "plain", {})
+    assert "None of these" not in plain and "AUROC" not in plain and "unknown" not in plain
+    older = _page_with(tmp_path / "older", {"open_set": None})  # --no-open-set / an older run
+    assert older.replace("older", "plain") == plain
 
 
 @pytest.mark.browser

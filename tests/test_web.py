@@ -137,7 +137,7 @@ def test_page_agrees_with_edge_classify_on_the_sample_photos(site, converted, re
     with serve(site, SAMPLE_FLOWERS) as base, browser.Session() as s:
         s.open(base + "index.html")
         ready = s.evaluate("edgeTransfer.ready.then(r => JSON.stringify(r))", timeout=120)
-        assert json.loads(ready)["labels"] == ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
+        assert json.loads(ready)["labels"] == ["daisy", "dandelion", "roses", "sunflowers", "tulips", "unknown"]
         page = page_run(s, paths)
         record = s.record()
     edge = edge_run(converted / "model_int8.tflite", SAMPLE_FLOWERS, paths, threads=1)
@@ -298,3 +298,40 @@ def test_a_broken_model_file_gives_a_readable_error_on_the_page(site, tmp_path, 
     assert message.startswith(expected), message
     # the missing file's own 404 is the only log line; no unhandled rejection
     assert [e for e in record.errors if not e.startswith("log error: Failed to load resource")] == [], record.errors
+
+
+@pytest.mark.browser
+def test_an_open_set_model_shows_none_of_these(runtime, tmp_path):
+    """A tiny model with open_set.json (tests/test_edge_open_set.py): a grey photo, whose top
+    label is the reject class, shows "none of these" with its score; a red one shows daisy.
+    Needs no trained run: the folder is the page's files around that model."""
+    from types import SimpleNamespace
+
+    from test_edge_open_set import COLOURS, with_metadata
+
+    site = tmp_path / "site"
+    site.mkdir()
+    card = {"name": "Open set", "variant": "float32", "summary": "tiny", "classes": 4}
+    (site / "index.html").write_text(web.index_html(SimpleNamespace(card=card, runtime=runtime)), encoding="utf-8")
+    for name in web.PAGE_FILES:
+        shutil.copy(web.TEMPLATES / name, site / name)
+    for src, dest in web.RUNTIME_FILES.items():
+        (site / dest).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(runtime.folder / src, site / dest)
+    (site / web.MODEL_FILE).write_bytes(with_metadata())
+    photos = []
+    for name in ("grey", "red"):
+        photos.append(tmp_path / f"{name}.png")
+        Image.new("RGB", (8, 8), COLOURS[name]).save(photos[-1])
+    with serve(site) as base, browser.Session() as s:
+        s.open(base + "index.html")
+        open_set = json.loads(s.evaluate("edgeTransfer.ready.then((r) => JSON.stringify(r.openSet))", timeout=120))
+        s.set_files("#pick", photos)
+        wait_for(s, "document.querySelectorAll('.result .ms').length >= 2", timeout=60)  # both classified
+        shown = json.loads(s.evaluate("JSON.stringify([...document.querySelectorAll('.result')].map(r => "
+                                      "[...r.querySelectorAll('.cat')].map(c => [...c.children].map(x => x.textContent))))"))
+        assert s.record().errors == []
+    assert open_set == {"label": "unknown", "threshold": 0.61, "keep": 0.95}
+    grey, red = shown
+    assert grey[0][0] == "none of these" and float(grey[0][1]) > 0.95 and grey[1][0] == "unknown"
+    assert red[0][0] == "daisy" and all(row[0] != "none of these" for row in red)

@@ -182,3 +182,27 @@ def test_box_downscale_is_the_rounded_block_mean(tmp_path):
         want = np.array([[np.floor(image[y * s:(y + 1) * s, x * s:(x + 1) * s].reshape(-1, 3).mean(0) + 0.5)
                           for x in range(ow)] for y in range(oh)], np.uint8)
         assert np.array_equal(np.array(flat, np.uint8).reshape(oh, ow, 3), want), s
+
+
+def test_open_set_json_and_the_none_of_these_rule_as_edge_reads_them(tmp_path):
+    """The page reads open_set.json as edge.metadata does (the damaged ones too: no open set) and
+    says "none of these" when the reject class ranks first, as edge.postprocess decides."""
+    from test_edge_open_set import DAMAGED, LABELS_TXT, with_files, with_metadata
+
+    from edge.postprocess import is_none_of_these
+
+    models = [with_metadata(), with_metadata(open_set=None)]
+    models += [with_files(with_metadata(), {"labels.txt": LABELS_TXT, "open_set.json": raw}) for raw in DAMAGED.values()]
+    for i, data in enumerate(models):
+        (tmp_path / f"m{i}.tflite").write_bytes(data)
+    vectors = [[0.115, 0.002, 0.002, 0.881], [0.556, 0, 0, 0.443], [0.5, 0, 0, 0.5], [0.25, 0.25, 0.25, 0.25]]
+    got = json.loads(node(f"const out = [];\nfor (let i = 0; i < {len(models)}; i++) out.push((await tfl.readModel("
+                          f"new Uint8Array(readFileSync({json.dumps(str(tmp_path))} + `/m${{i}}.tflite`)))).metadata);\n"
+                          f"const none = {json.dumps(vectors)}.map((s) => [tfl.noneOfThese(s, 3), tfl.noneOfThese(s, null)]);\n"
+                          "console.log(JSON.stringify({out, none}));", tmp_path))
+    for js, data in zip(got["out"], models):
+        meta = read_metadata(data)
+        want = None if meta.open_set is None else {"label": "unknown", "threshold": 0.61, "keep": 0.95}
+        assert js["openSet"] == want and len(js["warnings"]) == len(meta.warnings)
+    assert got["out"][0]["openSet"] is not None and all(js["openSet"] is None for js in got["out"][1:])
+    assert got["none"] == [[is_none_of_these(s, 3), False] for s in vectors] == [[True, False]] + [[False, False]] * 3

@@ -44,7 +44,10 @@ class TrainConfig:
     layer (e.g. "block_13_expand"); BatchNorm stays in inference mode.
     fine_tune_schedule: "constant" learning rate, or "cosine": linear warmup over the first epoch,
     then cosine decay to 0 at the last.
-    fine_tune_zoom: augmentation crops a random square of down to (1 - zoom) of the side."""
+    fine_tune_zoom: augmentation crops a random square of down to (1 - zoom) of the side.
+    open_set: add the none-of-these class (trainer.fit.open_set): open_set_label names it (the last
+    output), open_set_keep is the share of val photos its threshold keeps, open_set_prototypes the
+    prototypes per class."""
 
     epochs: int = 2000
     dropout: float = 0.0
@@ -63,6 +66,10 @@ class TrainConfig:
     tensorboard: bool = False
     threads: int = 0
     preset: str = "fast"
+    open_set: bool = True
+    open_set_label: str = "unknown"
+    open_set_keep: float = 0.95
+    open_set_prototypes: int = 8
 
 
 # Named recipes: the TrainConfig fields each sets (explicit flags override them). "fast" is the
@@ -88,6 +95,11 @@ def train_config(preset: str = "fast", **given) -> TrainConfig:
                          f"got {values['fine_tune_schedule']!r}")
     if not 0.0 <= values.get("fine_tune_zoom", 0.15) < 1.0:
         raise ValueError(f"--fine-tune-zoom must be at least 0 and below 1, got {values['fine_tune_zoom']}")
+    if not 0.5 <= values.get("open_set_keep", 0.95) < 1.0:
+        raise ValueError(f"--open-set-keep must be at least 0.5 and below 1, got {values['open_set_keep']}")
+    label = values.get("open_set_label", "unknown")
+    if not label.strip() or label != label.strip() or "\n" in label:
+        raise ValueError(f"--open-set-label must be a non-blank single line without outer spaces, got {label!r}")
     return TrainConfig(preset=preset, **values)
 
 
@@ -104,7 +116,7 @@ class RunConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
         known = set(TrainConfig.__dataclass_fields__)  # older runs' head-optimizer settings are obsolete
-        train = {k: v for k, v in d["train"].items() if k in known}
+        train = {"open_set": False, **{k: v for k, v in d["train"].items() if k in known}}  # older runs had none
         train["l2_grid"] = tuple(train.get("l2_grid", TrainConfig.l2_grid))
         backbone = {"int8_grid": False, **d["backbone"]}  # older runs: trained off the grid, repeated so
         data = {**d["data"], "exclude": tuple(d["data"].get("exclude", ()))}

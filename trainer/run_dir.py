@@ -97,6 +97,25 @@ class RunDir:
         return (self.path / LABELS).read_text(encoding="utf-8").splitlines()
 
     @cached_property
+    def open_set(self) -> dict | None:
+        """report.json's none-of-these class (label, threshold, its measurement), None without one."""
+        value = self.read(REPORT).get("open_set")
+        return value if isinstance(value, dict) and isinstance(value.get("label"), str) else None
+
+    @property
+    def output_labels(self) -> list[str]:
+        """The model's outputs in order: the classes, then the none-of-these label when it has one."""
+        return self.labels + ([self.open_set["label"]] if self.open_set else [])
+
+    def open_set_metadata(self) -> dict | None:
+        """What a .tflite carries about its none-of-these class (open_set.json in its metadata)."""
+        o = self.open_set
+        if o is None:
+            return None
+        return {"label": o["label"], "threshold": o.get("threshold"), "keep": o.get("keep"),
+                "score": o.get("score"), "prototypes_per_class": o.get("prototypes_per_class")}
+
+    @cached_property
     def config(self) -> dict:
         return json.loads((self.path / CONFIG).read_text())
 

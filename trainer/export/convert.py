@@ -24,7 +24,7 @@ from trainer.export.calibration import (
 )
 from trainer.export.float_convert import Beside, beside, convert_model
 from trainer.export.metadata import MetadataInfo, add_metadata
-from trainer.export.ranges import choose_ranges
+from trainer.export.ranges import choose_ranges, correct_open_set_bias, pin_open_set
 from trainer.export.sensitivity import choose_float_layers, short_name
 from trainer.export.tflite import ConversionError, calibrate, exported, quantize
 from trainer.export.variants import MODES, Quantization, Verification, verify
@@ -52,15 +52,20 @@ class Calibrated:
 
     @classmethod
     def of(cls, source, images: np.ndarray, float_layers: int, chooser: np.ndarray | None = None,
-           log: Callable[[str], None] = lambda line: None) -> "Calibrated":
-        """Calibrate on ``images``; choose the activation ranges, then the float layers, on
-        ``chooser`` (else on ``images``)."""
-        calibrated = calibrate(source, representative_dataset(images))
+           log: Callable[[str], None] = lambda line: None, pins: dict | None = None) -> "Calibrated":
+        """Calibrate on ``images``, pin the none-of-these layer's ranges (``pins``); choose the
+        activation ranges, then the float layers, on ``chooser`` (else on ``images``)."""
+        from trainer.model.open_set_layer import ABOVE, BELOW
+
+        calibrated = pin_open_set(calibrate(source, representative_dataset(images)), pins or {}, ABOVE)
         chooser = images if chooser is None else chooser
         calibrated, ranges = choose_ranges(calibrated, images, chooser, MODES["int8"].float_ops)
         log(f"  activation ranges: {ranges.line()}")
         chosen = (choose_float_layers(calibrated, chooser, MODES["int8"].float_ops, float_layers, log).layers
                   if float_layers else ())
+        if pins:
+            calibrated, shift = correct_open_set_bias(calibrated, chooser, MODES["int8"].float_ops, (-BELOW, ABOVE))
+            log(f"  none of these: int8 threshold corrected by {shift:+.3f} logit units (mean score bias)")
         return cls(calibrated, len(images), chosen)
 
     def quantized(self, quant: Quantization) -> bytes:
@@ -78,11 +83,14 @@ def metadata_info(run: RunDir, quant: Quantization, author: str, license: str) -
         name=f"edge-transfer {backbone} classifier ({quant.mode})",
         description=(f"Classifies an RGB photo ({h}x{w}, 0-255, no normalization) into {len(run.labels)} classes "
                      f"({', '.join(run.labels[:8])}{', ...' if len(run.labels) > 8 else ''}); "
-                     f"transfer-learned on '{data_dir}'. {quant.summary}."),
+                     f"transfer-learned on '{data_dir}'"
+                     + (f", or '{run.open_set['label']}' for a photo of none of them" if run.open_set else "")
+                     + f". {quant.summary}."),
         version=f"{package_version()}+{run.model_digest[:12]}",
         author=author,
         license=license,
-        labels=run.labels,
+        labels=run.output_labels,
+        open_set=run.open_set_metadata(),
     )
 
 
@@ -118,6 +126,8 @@ def export(run_dir: str | Path, modes: list[str], calibration_count: int = DEFAU
 
     Raises ConversionError (nothing written for that mode) when a file breaks its promises.
     """
+    from trainer.model.open_set_layer import open_set_pins
+
     run = RunDir.open(run_dir)
     float_layers = default_float_layers(run) if float_layers is None else float_layers
     model = keras_model or load_keras(run / MODEL)
@@ -134,7 +144,7 @@ def export(run_dir: str | Path, modes: list[str], calibration_count: int = DEFAU
             t0 = time.perf_counter()
             keep = float_layers if any(MODES[m].float_layers for m in modes) else 0
             calibrated = Calibrated.of(source, calibration_images(run, calibration_count, seed), keep,
-                                       selection_images(run), log)
+                                       selection_images(run), log, open_set_pins(model))
             kept = (f"; int8 keeps float: {', '.join(short_name(t) for t in calibrated.float_layers)}"
                     if calibrated.float_layers else "")
             log(f"calibrated on {calibrated.images} photos ({time.perf_counter() - t0:.1f} s){kept}")
@@ -159,8 +169,8 @@ def _export_one(run: RunDir, mode: str, source, calibrated: Calibrated | None, s
     checked = verify(final, quant)
     _raise_problems(mode, "after adding metadata", checked)
     meta = read_metadata(final)
-    if meta.labels != run.labels:
-        raise ConversionError(f"{mode}: metadata labels {meta.labels} differ from labels.txt {run.labels}")
+    if meta.labels != run.output_labels:
+        raise ConversionError(f"{mode}: metadata labels {meta.labels} differ from the run's {run.output_labels}")
     path = atomic.write_bytes(run.variant(mode), final)
     done = Export(mode, path, len(final), time.perf_counter() - t0, checked,
                   calibrated.images if quant.calibrated else 0,

@@ -13,6 +13,7 @@ and identifier comes from :mod:`edge.schema`, the reader's own definition.
 from __future__ import annotations
 
 import io
+import json
 import zipfile
 from dataclasses import dataclass
 
@@ -29,6 +30,7 @@ except ImportError:  # pragma: no cover
     from tensorflow.lite.python import schema_py_generated as tfl
 
 LABELS_FILE = "labels.txt"
+OPEN_SET_FILE = "open_set.json"  # the none-of-these class: its label and threshold (edge.metadata reads it)
 # metadata_schema.fbs: the smallest parser version that understands every field we write
 # (ImageProperties without default_size, FeatureProperties, NormalizationOptions, Stats,
 # TENSOR_AXIS_LABELS). Google's ImageNet and AutoML models carry the same "1.0.0".
@@ -55,6 +57,7 @@ class MetadataInfo:
     std: tuple[float, ...] = (1.0, 1.0, 1.0)
     input_min: tuple[float, ...] | None = None
     input_max: tuple[float, ...] | None = None
+    open_set: dict | None = None  # {"label": the reject class (the last label), "threshold": ...} -> open_set.json
 
     def __post_init__(self) -> None:
         if not self.labels:
@@ -66,6 +69,9 @@ class MetadataInfo:
             raise ValueError(f"mean and std need the same non-zero length, got {self.mean} and {self.std}")
         if any(s == 0 for s in self.std):
             raise ValueError(f"std must not contain 0, got {self.std}")
+        if self.open_set is not None and self.open_set.get("label") != self.labels[-1]:
+            raise ValueError(f"the open-set label {self.open_set.get('label')!r} must be the last label, "
+                             f"got {self.labels[-1]!r}")
 
 
 def input_stats(info: MetadataInfo, tensor_type: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -244,12 +250,14 @@ def add_metadata(model_bytes: bytes, info: MetadataInfo) -> bytes:
 
     builder = flatbuffers.Builder(len(model_bytes) + 4096)
     builder.Finish(model.Pack(builder), file_identifier=schema.MODEL_IDENTIFIER)
-    labels_txt = ("\n".join(info.labels) + "\n").encode("utf-8")
-    return _zip_files({LABELS_FILE: labels_txt}, bytes(builder.Output()))
+    files = {LABELS_FILE: ("\n".join(info.labels) + "\n").encode("utf-8")}
+    if info.open_set is not None:
+        files[OPEN_SET_FILE] = json.dumps(info.open_set, sort_keys=True).encode("utf-8")
+    return _zip_files(files, bytes(builder.Output()))
 
 
 def _name(name) -> str:
     return name.decode("utf-8", errors="replace") if isinstance(name, (bytes, bytearray)) else str(name)
 
 
-__all__ = ["MetadataInfo", "add_metadata", "build_metadata", "input_stats", "InvalidModelError", "LABELS_FILE"]
+__all__ = ["MetadataInfo", "add_metadata", "build_metadata", "input_stats", "InvalidModelError", "LABELS_FILE", "OPEN_SET_FILE"]

@@ -26,7 +26,9 @@ from trainer.export.tflite import quantize
 
 # quantiles of the per-photo extremes tried, simplest first; 1.0 is the calibration's own global min / max
 QUANTILES = (1.0, 0.99, 0.95, 0.9, 0.8)
-NOISE_SE = 2.0  # a quantile must beat the incumbent by this many standard errors of the paired differences
+NOISE_SE = 2.0
+CONCATENATION, REDUCE_MAX = 2, 82  # tflite BuiltinOperator codes
+NONNEGATIVE_WHEN_SEEN = ("cosine", "scaled")  # pinned from 0 when calibration saw nothing negative  # a quantile must beat the incumbent by this many standard errors of the paired differences
 
 
 @dataclass(frozen=True)
@@ -43,15 +45,67 @@ def _model_object(model: bytes):
     return flatbuffer_utils.convert_bytearray_to_object(bytearray(model))
 
 
+def _name(tensor) -> str:
+    return tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name or "")
+
+
+def _pinned_scope(name: str) -> str | None:
+    """The none-of-these layer's name scope a tensor belongs to (its range is pinned, not measured)."""
+    from trainer.model.open_set_layer import LAYER_NAME
+
+    parts = name.split(";")[0].split("/")
+    for i, part in enumerate(parts[:-1]):
+        if part.startswith(LAYER_NAME):
+            return parts[i + 1]
+    return None
+
+
+def pin_open_set(calibrated: bytes, pins: dict[str, tuple[float, float]], widen: float) -> bytes:
+    """The calibrated model with the none-of-these layer's ranges set by construction: the
+    calibration photos are all of known classes, so the margin that rejects a photo is never
+    measured, and a measured range would clip it to zero (every photo kept). Scopes in ``pins`` get
+    their (min, max). The class logits, the extra logit, the best logit and their concatenation
+    share one scale in int8 (TFLite's concatenation and max keep it): all get the union of their
+    calibrated ranges, its top raised by ``widen`` (the extra logit's largest margin)."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    if not pins:
+        return calibrated
+    model = _model_object(calibrated)
+    graph = model.subgraphs[0]
+    codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
+    ranged = lambda i: graph.tensors[i].quantization is not None and graph.tensors[i].quantization.min is not None  # noqa: E731
+    for t in graph.tensors:
+        q, scope = t.quantization, _pinned_scope(_name(t))
+        if scope in pins and q is not None and q.min is not None and len(q.min) == 1:
+            lo, hi = pins[scope]
+            if scope in NONNEGATIVE_WHEN_SEEN and float(q.min[0]) >= 0:
+                lo = 0.0
+            q.min, q.max = [float(lo)], [float(hi)]
+    for op in graph.operators:
+        if codes[op.opcodeIndex] != CONCATENATION or _pinned_scope(_name(graph.tensors[op.outputs[0]])) is None:
+            continue
+        group = [i for i in list(op.inputs) + list(op.outputs) if ranged(i)]
+        group += [o.outputs[0] for o in graph.operators
+                  if codes[o.opcodeIndex] == REDUCE_MAX and o.inputs[0] in group and ranged(o.outputs[0])]
+        lo = min(float(graph.tensors[i].quantization.min[0]) for i in group)
+        hi = max(float(graph.tensors[i].quantization.max[0]) for i in group) + widen
+        for i in group:
+            graph.tensors[i].quantization.min, graph.tensors[i].quantization.max = [lo], [hi]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
 def ranged_tensors(calibrated: bytes) -> dict[int, tuple[float, float]]:
     """Index -> (min, max) of the calibrated model's activation tensors, graph inputs and outputs
-    excluded (the uint8 input must keep 0..255: raw pixels; the output is the float head's)."""
+    excluded (the uint8 input must keep 0..255: raw pixels; the output is the float head's), and
+    the none-of-these layer's (:func:`pin_open_set`)."""
     graph = _model_object(calibrated).subgraphs[0]
     fixed = set(graph.inputs) | set(graph.outputs)
     out = {}
     for i, t in enumerate(graph.tensors):
         q = t.quantization
-        if i not in fixed and q is not None and q.min is not None and len(q.min) == 1:
+        if (i not in fixed and q is not None and q.min is not None and len(q.min) == 1
+                and _pinned_scope(_name(t)) is None):
             out[i] = (float(q.min[0]), float(q.max[0]))
     return out
 
@@ -146,3 +200,44 @@ def choose_ranges(calibrated: bytes, calibration: np.ndarray, chooser: np.ndarra
                   quantiles: tuple[float, ...] = QUANTILES) -> tuple[bytes, RangeChoice]:
     """Per-photo extremes of the ``calibration`` photos, then :func:`choose_from_extremes`."""
     return choose_from_extremes(calibrated, photo_extremes(calibrated, calibration), chooser, float_ops, quantiles)
+
+
+def open_set_margins(probs: np.ndarray) -> np.ndarray:
+    """The none-of-these margin of each photo, log p(last) - log max p(others): by construction
+    sharpness * (threshold - score) while it is inside the layer's clip."""
+    p = np.clip(np.asarray(probs, np.float64), 1e-30, 1.0)
+    return np.log(p[:, -1]) - np.log(p[:, :-1].max(axis=1))
+
+
+def correct_open_set_bias(calibrated: bytes, chooser: np.ndarray, float_ops: tuple[str, ...],
+                          clip: tuple[float, float]) -> tuple[bytes, float]:
+    """The calibrated model with its none-of-these threshold moved by int8's mean score bias.
+
+    Noise added to the embedding by int8 lowers every cosine a little (the measured shift on
+    tf_flowers: -0.005, as large as the typical error): uncorrected, int8 rejects photos the float
+    model keeps. The shift is measured on the ``chooser`` photos, from the margins of the float and
+    the quantized outputs (photos inside the clip only), and subtracted from the threshold
+    constant (``sharpness * threshold`` in the layer's "raw" scope). Returns the model and the
+    shift in logit units (0.0 without a none-of-these layer)."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = _model_object(calibrated)
+    graph = model.subgraphs[0]
+    constant = None
+    for op in graph.operators:
+        if _pinned_scope(_name(graph.tensors[op.outputs[0]])) == "raw":
+            held = [i for i in op.inputs if model.buffers[graph.tensors[i].buffer].data is not None]
+            constant = graph.tensors[held[0]] if len(held) == 1 else None
+    if constant is None:
+        return calibrated, 0.0
+    reference = open_set_margins(outputs(calibrated, chooser))
+    quantized = open_set_margins(outputs(quantize(calibrated, "float32", "float32", float_ops), chooser))
+    lo, hi = clip
+    inside = (reference > lo + 0.5) & (reference < hi - 0.5) & (quantized > lo + 0.5) & (quantized < hi - 0.5)
+    if inside.sum() < 10:
+        return calibrated, 0.0
+    shift = float(np.mean(reference[inside] - quantized[inside]))
+    buffer = model.buffers[constant.buffer]
+    value = np.frombuffer(bytes(bytearray(buffer.data)), np.float32).copy()
+    buffer.data = np.frombuffer((value + np.float32(shift)).astype(np.float32).tobytes(), np.uint8)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), shift

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import shutil
 import tempfile
@@ -27,13 +28,13 @@ from trainer.data import dataset, exclude
 from trainer.data.feature_cache import FeatureCache, cache_root
 from trainer.data.photos import Photos
 from trainer.data.rows import Rows
-from trainer.fit import checks, features, signals
+from trainer.fit import checks, features, open_set, signals
 from trainer.fit.cluster import Cluster, barrier, gather_rows, make_strategy, share
 from trainer.fit.fine_tune import fine_tune, without_optimizer
 from trainer.fit.head import LinearHead, assemble, train_head, write_tensorboard
 from trainer.model.backbones import Backbone, build_backbone, resolved
 from trainer.model.int8_grid import snap_to_int8_grid
-from trainer.model.model_io import photo_probabilities
+from trainer.model.model_io import photo_outputs, with_embedding
 from trainer.report import metrics, page, plots
 from trainer.run_dir import CONFIG, LABELS, MODEL, REPORT, SPLITS, Output
 
@@ -99,6 +100,9 @@ def scan_dataset(cfg: RunConfig) -> Dataset:
     root = Path(cfg.data.dir).resolve()
     classes, candidates = dataset.scan(root)
     candidates, excluded = exclude.apply(candidates, cfg.data.exclude)
+    if cfg.train.open_set and cfg.train.open_set_label in classes:
+        raise dataset.DataError(f"a class folder is named {cfg.train.open_set_label!r}, the none-of-these label: "
+                                "name that class otherwise or pass --open-set-label NAME")
     dataset.check_counts(classes, candidates, cfg.data.min_per_class)  # again once unreadable files are known
     return Dataset(root, spec, classes, candidates, excluded)
 
@@ -179,23 +183,76 @@ def fit(cfg: RunConfig, backbone: Backbone, ds: Dataset, feats: Features, out: P
     return Trained(model, head, fine_tuned, history)
 
 
-def evaluate(trained: Trained, ds: Dataset, feats: Features, timer: Timer, strategy=None) -> dict[str, np.ndarray]:
-    """Probabilities per split. A head-only model scores on the cached features (the same network:
-    the float32 TFLite base matches Keras to 1e-6); a fine-tuned one runs whole, streaming photos,
-    and on several workers each runs its share of every split (they all hold the same weights)."""
+def evaluate(trained: Trained, ds: Dataset, feats: Features, timer: Timer,
+             strategy=None) -> tuple[dict[str, np.ndarray], dict]:
+    """Probabilities and pooled embeddings per split. A head-only model scores on the cached
+    features (the same network: the float32 TFLite base matches Keras to 1e-6); a fine-tuned one
+    runs whole, streaming photos, and on several workers each runs its share of every split (they
+    all hold the same weights)."""
     t0 = time.perf_counter()
     cluster = Cluster.of(strategy)
-    probs = {}
+    probs, embeddings = {}, {}
+    both = with_embedding(trained.model) if trained.fine_tuned else None  # one model: one traced predict
     for name in SPLIT_NAMES:
         if trained.fine_tuned:
             photos = feats.photos(name, ds.spec)
             rows = share(np.arange(len(photos)), cluster)
-            mine = photo_probabilities(trained.model, photos.take(rows), progress=f"evaluate {name}")
-            probs[name] = gather_rows(strategy, len(photos), rows, mine) if cluster.workers > 1 else mine
+            mine = photo_outputs(both, photos.take(rows), progress=f"evaluate {name}")
+            gathered = [gather_rows(strategy, len(photos), rows, m) if cluster.workers > 1 else m for m in mine]
+            embeddings[name], probs[name] = gathered
         else:
-            probs[name] = trained.head.probabilities(feats.by_split[name])
+            probs[name], embeddings[name] = trained.head.probabilities(feats.by_split[name]), feats.by_split[name]
     timer.add("evaluate_s", t0)
-    return probs
+    return probs, embeddings
+
+
+def add_open_set(cfg: RunConfig, ds: Dataset, feats: Features, trained: Trained, embeddings: dict,
+                 timer: Timer) -> tuple[Trained, dict | None]:
+    """The none-of-these class (trainer.fit.open_set) on the embeddings in hand: prototypes,
+    threshold and temperature into the model, and its measurement (leave-one-class-out, the
+    calibration, the held-out split's rejections) for report.json."""
+    from trainer.model.open_set_layer import attach
+
+    t = cfg.train
+    if not t.open_set:
+        return trained, None
+    t0 = time.perf_counter()
+    n = len(ds.classes)
+    kernel, bias = trained.model.get_layer("probabilities").get_weights()
+    y = {name: feats.targets(name) for name in SPLIT_NAMES}
+    fitted = open_set.fit(embeddings["train"], y["train"], embeddings["val"], y["val"], kernel, bias, n,
+                          t.open_set_keep, t.open_set_prototypes, cfg.seed)
+    one_l2 = dataclasses.replace(cfg, train=dataclasses.replace(t, l2_grid=(trained.head.l2,)))
+
+    def solve(x, y_, xv, yv, k):
+        with contextlib.redirect_stderr(io.StringIO()):  # one bar for the whole loop, below
+            head, _ = train_head(one_l2, x, y_, xv, yv, k)
+        return head.kernel, head.bias
+
+    loco = None
+    if n >= 3:
+        from tqdm.auto import tqdm
+
+        with tqdm(total=n, desc="none of these (leave one class out)", unit="class") as bar:
+            loco = open_set.leave_one_class_out({name: (embeddings[name], y[name]) for name in SPLIT_NAMES}, n,
+                                                ds.classes, solve, t.open_set_keep, t.open_set_prototypes, cfg.seed,
+                                                progress=lambda _: bar.update(1))
+    split = feats.eval_split
+    rejected = open_set.decisions(fitted, embeddings[split])
+    right = np.argmax(open_set.logits_of(embeddings[split], kernel, bias), axis=1) == y[split]
+    model = attach(trained.model, fitted.prototypes, fitted.threshold, fitted.sharpness, fitted.temperature)
+    timer.add("open_set_s", t0)
+    report = {
+        "label": t.open_set_label, "score": "prototype_cosine", "threshold": round(fitted.threshold, 6),
+        "keep": t.open_set_keep, "prototypes_per_class": t.open_set_prototypes,
+        "prototypes": int(len(fitted.prototypes)), "sharpness": fitted.sharpness,
+        split: {"photos": int(len(rejected)), "rejected": round(float(np.mean(rejected)), 4) if len(rejected) else None,
+                "accuracy": round(float(np.mean(right)), 4) if len(right) else None,
+                "accuracy_with_rejections": round(float(np.mean(right & ~rejected)), 4) if len(right) else None},
+        "calibration": open_set.calibration(embeddings[split], y[split], kernel, bias, fitted.temperature),
+        "leave_one_class_out": loco,
+    }
+    return dataclasses.replace(trained, model=model), report
 
 
 def build_report(cfg: RunConfig, ds: Dataset, feats: Features, trained: Trained, probs: dict[str, np.ndarray],
@@ -316,9 +373,13 @@ def run(cfg: RunConfig, out: Path | Output) -> dict | None:
             signals.report("stage", "fitting the head")
             trained = fit(cfg, backbone, ds, feats, build, timer, strategy, checkpoints)
             signals.report("stage", "evaluating")
-            probs = evaluate(trained, ds, feats, timer, strategy)  # fine-tuned: each worker its share
+            probs, embeddings = evaluate(trained, ds, feats, timer, strategy)  # fine-tuned: each worker its share
         if cluster.is_chief:
+            signals.report("stage", "none of these")
+            trained, open_report = add_open_set(cfg, ds, feats, trained, embeddings, timer)
             report = build_report(cfg, ds, feats, trained, probs, timer, cluster.workers)
+            if open_report is not None:
+                report["open_set"] = open_report
             timer.seconds["total_s"] = time.perf_counter() - t_start
             signals.report("stage", "writing the run")
             with signals.critical():  # a stop waits: the run is written whole (or killed after the grace)

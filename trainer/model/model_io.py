@@ -1,8 +1,9 @@
 """Load a saved model.keras (the one place that knows which custom layers a run may contain) and
 run it on photos.
 
-A run trained on a TF Hub backbone holds a ``trainer.hub_layer.HubFeatureVector``; Keras finds
-it only once that module is imported, so every loader goes through :func:`load_keras`.
+A run trained on a TF Hub backbone holds a ``trainer.hub_layer.HubFeatureVector``, and a run with
+the none-of-these class a ``trainer.model.open_set_layer.NoneOfThese``; Keras finds them only once
+their modules are imported, so every loader goes through :func:`load_keras`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ def load_keras(path: str | Path):
     import keras
 
     from trainer import hub_layer  # noqa: F401  registers HubFeatureVector for deserialization
+    from trainer.model import open_set_layer  # noqa: F401  registers NoneOfThese
 
     return keras.models.load_model(path)
 
@@ -31,3 +33,26 @@ def photo_probabilities(model, photos, progress: str | None = None) -> np.ndarra
     """keras_probabilities over a trainer.data.photos.Photos, decoded in bounded chunks (readable photos only)."""
     parts = [keras_probabilities(model, images) for images, _ in photos.chunks(progress=progress)]
     return np.concatenate(parts) if parts else np.zeros((0, model.output_shape[-1]), np.float32)
+
+
+def with_embedding(model):
+    """The classifier with two outputs: the pooled embedding its head reads, and its own output."""
+    import keras
+
+    names = [layer.name for layer in model.layers]
+    if "none_of_these" in names:
+        embedding = model.get_layer("none_of_these").input[0]
+    elif "head_dropout" in names:
+        embedding = model.get_layer("head_dropout").input
+    else:
+        embedding = model.get_layer("probabilities").input
+    return keras.Model(model.input, [embedding, model.output])
+
+
+def photo_outputs(model, photos, progress: str | None = None) -> list[np.ndarray]:
+    """Every output of a multi-output ``model`` over Photos, in bounded chunks (readable photos only)."""
+    parts = [[np.asarray(o) for o in model.predict(images.astype(np.float32), batch_size=32, verbose=0)]
+             for images, _ in photos.chunks(progress=progress)]
+    if not parts:
+        return [np.zeros((0, int(shape[-1])), np.float32) for shape in model.output_shape]
+    return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]

@@ -37,6 +37,16 @@ def evaluate_folder(run_dir: str | Path, folder: str | Path) -> dict:
         probs.append(keras_probabilities(model, images[ok]))
         ys.append(part.labels[ok])
         skipped += [{"path": p, "reason": r} for p, r in errors.items()]
-    result = metrics.classification_report(np.concatenate(ys), np.concatenate(probs), labels)
+    probs, ys = np.concatenate(probs), np.concatenate(ys)
+    if probs.shape[1] == len(labels) + 1:  # the none-of-these class: the classes' metrics, and its rejections
+        rejected = probs.argmax(axis=1) == len(labels)
+        result = metrics.classification_report(ys, probs[:, :-1], labels)
+        right = probs[:, :-1].argmax(axis=1) == ys
+        result["none_of_these"] = {"label": (run.open_set or {}).get("label", "unknown"),
+                                   "rejected": round(float(rejected.mean()), 4) if len(ys) else None,
+                                   "accuracy_with_rejections": round(float(np.mean(right & ~rejected)), 4)
+                                   if len(ys) else None}
+    else:
+        result = metrics.classification_report(ys, probs, labels)
     result["skipped"] = skipped
     return result

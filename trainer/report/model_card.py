@@ -2,6 +2,8 @@
 
 Built only from files in the run directory (config, splits, report, parity.json and the
 .tflite files themselves), so it can be regenerated at any time and never disagrees with them.
+A run with a none-of-these output (report.json's open_set) gets its facts too: "classes" stays
+the real classes, "outputs" adds the reject label, "open_set" holds the measurement.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ LIMITS = [
     "Small classes are measured on few photos; per-class numbers (model_card.json) carry wide uncertainty.",
     "Quantized variants (dynamic, int8, full_int8) may differ from the float model on borderline photos; see parity.",
 ]
+OPEN_SET_LIMIT = ("Photos of anything else get `{label}` only when they look unlike every class (their "
+                  "embedding's best cosine to the class prototypes below the threshold): {measured} Those it does "
+                  "not reject get a confident-looking wrong label.")
 INPUT_CONTRACT = ("RGB, {h}x{w}, 0..255 values: float variants take them as float32, int8 and full_int8 as "
                   "uint8 (scale 1, zero point 0). Normalization is inside the model; metadata mean 0, std 1. "
                   "Resize: {resize} (edge.preprocess).")
@@ -40,6 +45,33 @@ def variant_facts(path: Path) -> dict:
     return {"file": path.name, "size_bytes": len(raw), "size_mb": size_mb(len(raw)),
             "input": v.input_dtype, "output": v.output_dtype, "input_quantization": list(v.input_quantization),
             "output_quantization": list(v.output_quantization), "min_runtime_version": v.min_runtime_version}
+
+
+def open_set_facts(run: RunDir) -> dict | None:
+    """report.json's open_set, compact: the reject label and its threshold, the held-out split's
+    rejections, the calibration, leave-one-class-out (mean and per class); None without one."""
+    o = run.open_set
+    if o is None:
+        return None
+    split = next((k for k in ("test", "val") if isinstance(o.get(k), dict)), None)
+    loco = o.get("leave_one_class_out")
+    return {"label": o["label"], "output_index": len(run.labels), "score": o.get("score"),
+            "threshold": o.get("threshold"), "keep": o.get("keep"), "prototypes": o.get("prototypes"),
+            "prototypes_per_class": o.get("prototypes_per_class"),
+            "held_out": {"split": split, **o[split]} if split else None,
+            "calibration": o.get("calibration"),
+            "leave_one_class_out": {"keep": loco.get("keep", o.get("keep")), "mean": loco.get("mean"),
+                                    "classes": loco.get("classes", [])} if loco else None}
+
+
+def limitations(open_set: dict | None) -> list[str]:
+    if open_set is None:
+        return LIMITS
+    mean = (open_set["leave_one_class_out"] or {}).get("mean") or {}
+    measured = (f"left out of training, a class had {_pct(mean.get('rejected'))} of its photos rejected on average "
+                f"(leave one class out, model_card.json), while {_pct(mean.get('known_kept'))} of the other "
+                "classes' photos were kept." if mean else "how often was not measured (fewer than 3 classes).")
+    return [OPEN_SET_LIMIT.format(label=open_set["label"], measured=measured), *LIMITS[1:]]
 
 
 def build(run_dir: str | Path) -> dict:
@@ -62,9 +94,11 @@ def build(run_dir: str | Path) -> dict:
                                          ("accuracy", "accuracy_ci95", "delta_acc", "agreement", "max_abs_dp",
                                           "mean_abs_dp", "evidence", "decision", "photos_needed", "passed")}
                               if entry else None}
+    open_set = open_set_facts(run)
     return {
         "name": f"edge-transfer {config.get('backbone', {}).get('name', 'mobilenet_v2')} classifier",
         "classes": labels,
+        "outputs": run.output_labels,
         "data": {"dir": splits.get("data_dir") or config.get("data", {}).get("dir"),
                  "photos": sum(per_class.values()), "per_class": per_class, "skipped": len(splits.get("skipped", [])),
                  "excluded": len(config.get("data", {}).get("exclude", [])),
@@ -77,15 +111,18 @@ def build(run_dir: str | Path) -> dict:
                     for part, m in report.get("splits", {}).items()},
         "parity": {k: parity.data.get(k) for k in ("split", "n", "keras_accuracy", "keras_accuracy_ci95", "definitions")}
         if parity.exists else None,
+        "open_set": open_set,
         "variants": variants,
         "intended_use": INTENDED_USE,
-        "limitations": LIMITS,
+        "limitations": limitations(open_set),
     }
 
 
 def render_markdown(card: dict) -> str:
     lines = [f"# Model card: {card['name']}", "", "## Intended use", card["intended_use"], "",
-             "## Classes", ", ".join(f"`{c}`" for c in card["classes"]), "",
+             "## Classes", ", ".join(f"`{c}`" for c in card["classes"]),
+             *([f"- one more output after them, `{card['open_set']['label']}` (index "
+                f"{card['open_set']['output_index']}): none of these (below)"] if card.get("open_set") else []), "",
              "## Data", f"- folder: `{card['data']['dir']}`",
              f"- {card['data']['photos']} photos used, {card['data']['skipped']} unreadable files skipped",
              *([f"- {card['data']['excluded']} photos left out on purpose (`train --exclude "
@@ -103,6 +140,7 @@ def render_markdown(card: dict) -> str:
               "| split | n | accuracy | 95 % interval | macro F1 |", "|---|---:|---:|---|---:|"]
     for part, m in card["metrics"].items():
         lines.append(f"| {part} | {m['n']} | {m['accuracy']} | {_interval(m.get('accuracy_ci95'))} | {m['macro_f1']} |")
+    lines += _open_set_markdown(card.get("open_set"))
     parity = card.get("parity")
     lines += ["", "## TFLite variants"]
     if parity:
@@ -127,6 +165,54 @@ def render_markdown(card: dict) -> str:
                      f"{fmt('max_abs_dp', '.2e')} | {gate} |")
     lines += ["", "## Limitations", *[f"- {item}" for item in card["limitations"]], ""]
     return "\n".join(lines)
+
+
+def _open_set_markdown(o: dict | None) -> list[str]:
+    if not o:
+        return []
+    h, cal, loco = o.get("held_out") or {}, o.get("calibration") or {}, o.get("leave_one_class_out")
+    lines = ["", "## None of these",
+             f"A photo whose embedding's largest cosine similarity to the {o.get('prototypes')} class prototypes is "
+             f"below {_fmt(o.get('threshold'))} gets `{o['label']}` (the last output) instead of a class; the "
+             f"threshold keeps {_keep(o.get('keep'))} of the val photos.", ""]
+    if h:
+        lines.append(f"- {h.get('split')}: {h.get('photos')} photos, {_pct(h.get('rejected'))} answered "
+                     f"`{o['label']}`; accuracy {_fmt(h.get('accuracy'))} without rejections, "
+                     f"{_fmt(h.get('accuracy_with_rejections'))} with rejections counted as wrong")
+    if cal:
+        lines.append(f"- calibration: temperature {_fmt(cal.get('temperature'))} (fitted on val, folded into the "
+                     f"head); expected calibration error {_fmt(cal.get('ece_before'))} -> "
+                     f"{_fmt(cal.get('ece_after'))} on {cal.get('photos')} held-out photos")
+    if not loco:
+        return [*lines, "- leave one class out: not measured (fewer than 3 classes)"]
+    lines += ["", "Leave one class out: each class in turn is left out of training and its test photos should be "
+              f"rejected (threshold keeping {_keep(loco.get('keep'))} of val). Max prob: the top softmax "
+              "probability at its own threshold keeping the same share; known: the other classes' test photos.", "",
+              "| left out | photos (out / known) | AUROC | AUROC max prob | rejected | rejected max prob | known kept "
+              "| known accuracy | with rejections |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = [(r.get("left_out"), f"{r.get('left_out_photos')} / {r.get('known_photos')}", r)
+            for r in loco.get("classes", [])]
+    if loco.get("mean"):
+        rows.append(("**mean**", "", loco["mean"]))
+    for name, photos, r in rows:
+        lines.append(f"| {name} | {photos} | {_fmt(r.get('auroc'), '.3f')} "
+                     f"| {_fmt(r.get('auroc_max_probability'), '.3f')} "
+                     f"| {_pct(r.get('rejected'))} | {_pct(r.get('rejected_max_probability'))} "
+                     f"| {_pct(r.get('known_kept'))} | {_fmt(r.get('known_accuracy'))} "
+                     f"| {_fmt(r.get('known_accuracy_with_rejections'))} |")
+    return lines
+
+
+def _fmt(x, f: str = ".4f") -> str:
+    return "-" if x is None else format(x, f)
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{x * 100:.1f} %"
+
+
+def _keep(x) -> str:
+    return "-" if x is None else f"{x * 100:g} %"
 
 
 def _interval(ci) -> str:

@@ -1,10 +1,11 @@
 """RUN_DIR/report.html: one self-contained page about a run (no network, no external CSS/JS,
 images as data URIs), rebuilt at any time from the run directory's files alone.
 
-report.json is required; splits.json, config.json, labels.txt, training_curves.png,
-parity.json, bench.json and model_card.json each add a section when present. `train` writes
-the page, `convert` and `bench` rewrite it. Thumbnails of wrong photos are read from the data
-folder through edge.preprocess (what the model saw); a photo that is gone gets a placeholder.
+report.json is required (its "open_set" adds the "None of these" section); splits.json,
+config.json, labels.txt, training_curves.png, parity.json, bench.json and model_card.json each
+add a section when present. `train` writes the page, `convert` and `bench` rewrite it.
+Thumbnails of wrong photos are read from the data folder through edge.preprocess (what the model
+saw); a photo that is gone gets a placeholder.
 """
 
 from __future__ import annotations
@@ -169,6 +170,68 @@ def _metrics(report: dict, labels: list[str]) -> str:
     return "".join(out) + "</section>"
 
 
+def _share(x) -> str:
+    return "–" if x is None else f"{x * 100:.1f} %"
+
+
+def _keep(x) -> str:
+    return "–" if x is None else f"{x * 100:g} %"
+
+
+def _held_out(o: dict) -> tuple[str, dict]:
+    """The eval split's name and numbers in report.json's open_set: test, else val."""
+    return next(((k, o[k]) for k in ("test", "val") if isinstance(o.get(k), dict)), ("test", {}))
+
+
+def _open_set(o: dict | None) -> str:
+    """report.json's open_set: the none-of-these output, its cost on the held-out split, the
+    calibration, and leave-one-class-out (ours against the top-softmax baseline)."""
+    if not o:
+        return ""
+    label, keep = f"<code>{_e(o.get('label'))}</code>", _keep(o.get("keep"))
+    split, h = _held_out(o)
+    cal = o.get("calibration") or {}
+    out = [f"<section><h2>None of these ({label})</h2>"
+           f"<p>The model has one more output, {label}, after the classes: a photo whose largest cosine similarity "
+           f"between its embedding and the {_e(o.get('prototypes', '?'))} class prototypes "
+           f"({_e(o.get('prototypes_per_class', '?'))} per class) is below the threshold "
+           f"<b>{_num(o.get('threshold'))}</b> gets {label} instead of a class. The threshold keeps {keep} "
+           "of the val photos.</p>",
+           f"<p><b>{_e(split)}</b> ({_e(h.get('photos', '–'))} photos): {_share(h.get('rejected'))} "
+           f"answered {label}; "
+           f"accuracy {_num(h.get('accuracy'))} without rejections, {_num(h.get('accuracy_with_rejections'))} "
+           "with each rejection counted as wrong.</p>"]
+    if cal:
+        out.append(f"<p><b>Calibration</b>: temperature {_num(cal.get('temperature'))} (fitted on val, folded into "
+                   f"the head); expected calibration error on {_e(cal.get('photos', '–'))} {_e(split)} photos "
+                   f"{_num(cal.get('ece_before'))} → {_num(cal.get('ece_after'))}.</p>")
+    loco = o.get("leave_one_class_out")
+    if not loco:
+        out.append("<p class=muted>Leave one class out: not measured (it needs at least 3 classes).</p>")
+        return "".join(out) + "</section>"
+
+    def row(name: str, r: dict) -> list:
+        photos = (f"{_e(r['left_out_photos'])} / {_e(r.get('known_photos', '–'))}" if "left_out_photos" in r else "")
+        return [name, photos, _num(r.get("auroc"), "{:.3f}"), _num(r.get("auroc_max_probability"), "{:.3f}"),
+                _share(r.get("rejected")), _share(r.get("rejected_max_probability")), _share(r.get("known_kept")),
+                _num(r.get("known_accuracy")), _num(r.get("known_accuracy_with_rejections"))]
+
+    rows = [row(_e(r.get("left_out")), r) for r in loco.get("classes", [])]
+    if loco.get("mean"):
+        rows.append([f"<b>{c}</b>" if c else c for c in row("mean", loco["mean"])])
+    head = ["left out", "photos<br><span class=muted>left out / known</span>", "AUROC<br><span class=muted>ours</span>",
+            "AUROC<br><span class=muted>max probability</span>", "rejected<br><span class=muted>ours</span>",
+            "rejected<br><span class=muted>max probability</span>", "known kept",
+            "known accuracy<br><span class=muted>without rejections</span>",
+            "known accuracy<br><span class=muted>with rejections</span>"]
+    out += [f"<h3>Leave one class out (threshold keeping {_keep(loco.get('keep', o.get('keep')))} of val)</h3>",
+            "<p class=muted>Each class in turn is left out of training; its test photos should all be rejected. "
+            "Ours: the prototype cosine above; max probability: the top softmax probability, at its own threshold "
+            "keeping the same share of val. Known: the other classes' test photos (accuracy with rejections counts "
+            "a rejected known photo as wrong).</p>", _table(head, rows), "</section>"]
+    return "".join(out)
+
+
 def _confusion(cm: list[list[int]], labels: list[str]) -> str:
     """An HTML heat map, shaded by the share of each true class (row)."""
     head = "<tr><th>true \\ predicted</th>" + "".join(f"<th>{_e(c)}</th>" for c in labels) + "</tr>"
@@ -301,7 +364,8 @@ def render(run_dir: str | Path) -> str:
     body = "".join([
         _summary(run_dir, report, config, labels), _dataset(report, splits, labels),
         data_check_section(report.get("data_check"), _data_root(splits, config), _spec(config)), _metrics(report, labels),
-        _curves(run_dir), _mistakes(report, splits, config), *_converted(run_dir),
+        _open_set(report.get("open_set")), _curves(run_dir), _mistakes(report, splits, config),
+        *_converted(run_dir),
         f"<section><h2>Configuration</h2><details><summary>config.json</summary><pre>{_e(json.dumps(config, indent=2))}"
         "</pre></details></section>" if config else "",
     ])

@@ -100,7 +100,7 @@ def plan(run_dir: str | Path, variant: str = "int8") -> Plan:
         run = RunDir.open(run_dir, require=(LABELS,))
     except DataError as exc:
         raise BundleError(str(exc)) from None
-    labels_path, run_labels = run / LABELS, run.labels
+    labels_path, run_labels = run / LABELS, run.output_labels
     source = run.variant(variant)
     if not source.is_file():
         raise BundleError(f"{source} not found: run `python -m trainer convert {run.path} --mode {variant}` first")

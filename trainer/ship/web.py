@@ -135,7 +135,8 @@ def headline(run: RunDir, manifest: dict) -> dict:
     return {
         "name": card.get("name") or manifest["metadata"]["name"], "variant": manifest["variant"],
         "summary": manifest["summary"], "size_mb": manifest["model"]["size_mb"], "sha256": manifest["model"]["sha256"],
-        "classes": manifest["labels"]["count"], "photos": data.get("photos"), "backbone": backbone.get("name"),
+        "classes": len(run.labels) if (run / "labels.txt").is_file() else manifest["labels"]["count"],
+        "none_of_these": (run.open_set or {}).get("label"), "photos": data.get("photos"), "backbone": backbone.get("name"),
         "split": par.get("split"), "n": par.get("n"), "keras_accuracy": par.get("keras_accuracy"),
         "accuracy": par.get("accuracy"), "accuracy_ci95": entry.get("accuracy_ci95"),
         "delta_acc": par.get("delta_acc"), "agreement": par.get("agreement"), "max_abs_dp": par.get("max_abs_dp"),

@@ -4,9 +4,11 @@
 // Scripting hook: window.edgeTransfer.ready resolves when the model is loaded (rejects with the
 // page's error), window.edgeTransfer.classify(urlOrBlob) returns a Promise of every
 // [{label, score}] sorted by score (ties: lower class index first, as edge.postprocess ranks).
+// A model with an open-set class (open_set.json, its label the last one) says "none of these"
+// when that class ranks first, as `edge classify` does (edge.postprocess.is_none_of_these).
 
 import {loadLiteRt, loadAndCompile, Tensor} from "./vendor/litertjs/core/index.js";
-import {readModel} from "./tflite.js";
+import {noneOfThese, readModel} from "./tflite.js";
 import {
   bitmapRgba, boxDownscale, decodeRgb, draftScale, exifOrientation, orient, resizeBilinear, rgbaToRgb, toInput,
 } from "./preprocess.js";
@@ -15,8 +17,8 @@ const config = JSON.parse(document.getElementById("config").textContent);
 const $ = (id) => document.getElementById(id);
 const IMAGE = /\.(jpe?g|png|bmp|gif|webp)$/i;  // edge.preprocess.IMAGE_EXTENSIONS
 
-// The none-of-these decision (not built yet): a function (categories) -> true when the photo
-// shows none of the classes; the page then says so instead of naming a label.
+// Overrides the model's none-of-these decision when set: a function (categories) -> true when
+// the photo shows none of the classes; the page then says so above its labels.
 const hooks = {noneOfThese: null};
 
 // ------------------------------------------------------------------ scores (edge.postprocess)
@@ -33,6 +35,11 @@ export function toScores(raw, tensor) {
   const max = Math.max(...values), e = Array.from(values, (v) => Math.exp(v - max));
   const total = e.reduce((a, b) => a + b, 0);
   return Float32Array.from(e, (v) => v / total);
+}
+
+function verdict(scores, m) {
+  const r = m.rejectIndex;
+  return {unknown: noneOfThese(scores, r), noneScore: r === null ? null : scores[r]};
 }
 
 function ranked(scores, labels) {
@@ -98,6 +105,7 @@ async function load() {
   const classes = checkModel(info);
   let labels = info.metadata.labels;
   if (!labels || labels.length !== classes) labels = null;  // categories named by index, like edge
+  const rejectIndex = labels && info.metadata.openSet ? classes - 1 : null;  // open_set.json: the last label
   await loadRuntime();
   let model;
   try {
@@ -106,7 +114,7 @@ async function load() {
     throw new Error(`LiteRT.js could not load ${config.model}: ${e.message || e}`);
   }
   const [, height, width] = info.input.signature;
-  return {model, info, labels, height, width, classes, loadMs: performance.now() - t0};
+  return {model, info, labels, rejectIndex, height, width, classes, loadMs: performance.now() - t0};
 }
 
 const ready = load();
@@ -138,7 +146,8 @@ async function toBlob(source) {
   return response.blob();
 }
 
-// urlOrBlob -> {categories, scores, pixels (the model input, RGB uint8), width, height (decoded),
+// urlOrBlob -> {categories, scores, unknown (none of these), noneScore (the reject class's score,
+// null without one), pixels (the model input, RGB uint8), width, height (decoded),
 // orientation, draft (1, or the JPEG scale edge.preprocess decodes at), ms: {decode, resize, inference}}
 async function classifyDetailed(source) {
   const m = await ready;
@@ -152,8 +161,8 @@ async function classifyDetailed(source) {
   queue = run.catch(() => {});
   const scores = await run;
   const t3 = performance.now();
-  return {categories: ranked(scores, m.labels), scores: Array.from(scores), pixels, width: image.width,
-          height: image.height, orientation: image.orientation, draft: image.draft,
+  return {categories: ranked(scores, m.labels), scores: Array.from(scores), ...verdict(scores, m), pixels,
+          width: image.width, height: image.height, orientation: image.orientation, draft: image.draft,
           ms: {decode: t1 - t0, resize: t2 - t1, inference: t3 - t2}};
 }
 
@@ -164,11 +173,12 @@ async function classifyPixels(rgb, width, height) {
   const run = queue.then(() => infer(m, pixels));
   queue = run.catch(() => {});
   const scores = await run;
-  return {categories: ranked(scores, m.labels), pixels, ms: performance.now() - t0};
+  return {categories: ranked(scores, m.labels), ...verdict(scores, m), pixels, ms: performance.now() - t0};
 }
 
 const loaded = ready.then((m) => ({labels: m.labels, input: m.info.input, output: m.info.output, variant: config.variant,
-                                   litertjs: config.litertjs, loadMs: m.loadMs}));
+                                   litertjs: config.litertjs, loadMs: m.loadMs,
+                                   openSet: m.rejectIndex === null ? null : m.info.metadata.openSet}));
 loaded.catch(() => {});  // a failed load is shown on the page; scripts awaiting edgeTransfer.ready still get it
 
 window.edgeTransfer = {
@@ -182,9 +192,17 @@ window.edgeTransfer = {
 // ------------------------------------------------------------------ the page
 const fmt = (x, digits = 3) => (x === null || x === undefined ? "n/a" : Number(x).toFixed(digits));
 
-function showCategories(parent, categories) {
-  const none = hooks.noneOfThese && hooks.noneOfThese(categories);
-  if (none) parent.append(Object.assign(document.createElement("div"), {className: "cat", textContent: "none of these"}));
+function showCategories(parent, r) {
+  const categories = r.categories;
+  const none = hooks.noneOfThese ? hooks.noneOfThese(categories) : r.unknown;
+  if (none) {  // with the reject class's score when the model has one
+    const row = Object.assign(document.createElement("div"), {className: "cat none"});
+    row.append(Object.assign(document.createElement("span"), {textContent: "none of these"}));
+    if (r.noneScore !== null && r.noneScore !== undefined) {
+      row.append(Object.assign(document.createElement("span"), {textContent: fmt(r.noneScore)}));
+    }
+    parent.append(row);
+  }
   for (const c of categories.slice(0, config.top_k)) {
     const row = document.createElement("div");
     row.className = "cat";
@@ -224,7 +242,7 @@ async function classifyFiles(files) {
     try {
       const r = await classifyDetailed(file);
       box.prepend(thumbnail(r.pixels, m));
-      showCategories(body, r.categories);
+      showCategories(body, r);
       box.append(Object.assign(document.createElement("div"), {className: "ms muted",
         textContent: `${r.width}×${r.height}${r.draft > 1 ? ` (JPEG at 1/${r.draft})` : ""}${r.orientation > 1 ? ` (EXIF ${r.orientation})` : ""} · decode ${fmt(r.ms.decode, 1)} ms · resize ${fmt(r.ms.resize, 1)} ms · model ${fmt(r.ms.inference, 1)} ms`}));
       stats.n += 1;
@@ -285,7 +303,7 @@ async function camera() {
       const r = await classifyPixels(rgbaToRgb(bitmapRgba(video, w, h)), w, h);
       const live = $("live"), body = document.createElement("div");
       body.className = "body";
-      showCategories(body, r.categories);
+      showCategories(body, r);
       live.replaceChildren(thumbnail(r.pixels, m), body);
       live.append(Object.assign(document.createElement("div"), {className: "ms muted", textContent: `frame ${w}×${h} · ${fmt(r.ms, 1)} ms`}));
     }
@@ -306,7 +324,9 @@ ready.then((m) => {
   status.textContent = `Ready: ${m.classes} labels from the model's metadata, input ${m.width}×${m.height} `
     + `${m.info.input.dtype}; LiteRT.js ${config.litertjs} on the CPU (WebAssembly); loaded in ${fmt(m.loadMs, 0)} ms.`;
   $("runtime-log").textContent = runtimeLog.join("\n");
-  $("labels").textContent = `Labels: ${(m.labels || []).join(", ") || "none in the metadata (class numbers)"}.`;
+  $("labels").textContent = `Labels: ${(m.labels || []).join(", ") || "none in the metadata (class numbers)"}.`
+    + (m.rejectIndex === null ? "" : ` A photo whose top label is "${m.labels[m.rejectIndex]}" shows none of these.`)
+    + m.info.metadata.warnings.map((w) => ` Warning: ${w}.`).join("");
 }, (e) => {
   const status = $("status");
   status.className = "error";

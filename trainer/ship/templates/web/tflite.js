@@ -1,6 +1,7 @@
 // A .tflite file read in the browser: the input and output tensors, the TFLite metadata
-// (name, version, normalization) and the labels file zipped at the end of the file, as
-// edge/metadata.py reads them (trainer/export/metadata.py writes them). Every read is
+// (name, version, normalization), the labels file and open_set.json (the "none of these" class)
+// zipped at the end of the file, as edge/metadata.py reads them (trainer/export/metadata.py
+// writes them). Every read is
 // bounds-checked: a damaged file is one readable Error, never a blank page.
 
 export class ModelFileError extends Error {}
@@ -127,6 +128,41 @@ function splitLines(bytes) {  // one label a line; inner blank lines keep their 
   return lines;
 }
 
+// open_set.json (edge.metadata.OpenSet) -> {openSet: {label, threshold, keep}, warning: null};
+// {openSet: null, warning} when it is damaged or its label is not the last label (the reject
+// class is the last output); {openSet: null, warning: null} without one.
+export function readOpenSet(raw, labels) {
+  if (!raw) return {openSet: null, warning: null};
+  const damaged = (why) => ({openSet: null, warning: `open_set.json is damaged (${why}); no none-of-these class`});
+  let spec;
+  try {
+    spec = JSON.parse(new TextDecoder("utf-8", {fatal: true}).decode(raw));
+  } catch (e) {
+    return damaged(e.message);
+  }
+  if (!spec || typeof spec !== "object" || Array.isArray(spec) || typeof spec.label !== "string" || !spec.label) {
+    return damaged("no label");
+  }
+  const number = (v) => (v === undefined || v === null ? null : typeof v === "number" && Number.isFinite(v) ? v : NaN);
+  const threshold = number(spec.threshold), keep = number(spec.keep);
+  if (Number.isNaN(threshold) || Number.isNaN(keep)) return damaged("threshold or keep is not a number");
+  if (!labels || !labels.length || labels[labels.length - 1] !== spec.label) {
+    const last = labels && labels.length ? `the last label is ${JSON.stringify(labels[labels.length - 1])}` : "the model has no labels";
+    return {openSet: null, warning: `open_set.json names ${JSON.stringify(spec.label)} but ${last}; no none-of-these class`};
+  }
+  return {openSet: {label: spec.label, threshold, keep}, warning: null};
+}
+
+// The model's own none-of-these rule (edge.postprocess.is_none_of_these without a threshold): the
+// reject class (an open-set model's last output) ranks first, ties going to the lower index as
+// the page ranks them; rejectIndex null: never. Here, not in app.js, so node can test it.
+export function noneOfThese(scores, rejectIndex) {
+  if (rejectIndex === null || rejectIndex === undefined || !scores.length) return false;
+  let top = 0;
+  for (let i = 1; i < scores.length; i++) if (scores[i] > scores[top]) top = i;
+  return top === rejectIndex;
+}
+
 // ------------------------------------------------------------------ the model
 function tensorInfo(t) {
   const q = t.table(4);
@@ -163,7 +199,7 @@ function normalization(tensor) {
   return [null, null];
 }
 
-// bytes (Uint8Array of a whole .tflite) -> {input, output, metadata: {name, ..., mean, std, labels}}
+// bytes (Uint8Array of a whole .tflite) -> {input, output, metadata: {name, ..., mean, std, labels, openSet}}
 export async function readModel(bytes) {
   if (bytes.length < 8 || new TextDecoder().decode(bytes.subarray(4, 8)) !== "TFL3") {
     throw new ModelFileError(`not a TFLite model (${bytes.length} bytes, no "TFL3" identifier)`);
@@ -193,7 +229,7 @@ export async function readModel(bytes) {
 async function readMetadata(raw, bytes) {
   if (!raw) {
     return {hasMetadata: false, name: null, description: null, version: null, author: null, license: null,
-            mean: null, std: null, labelFile: null, labels: null};
+            mean: null, std: null, labelFile: null, labels: null, openSet: null, warnings: []};
   }
   if (new TextDecoder().decode(raw.subarray(4, 8)) !== "M001") throw new ModelFileError("corrupt TFLite metadata");
   const meta = new Buf(raw, "corrupt TFLite metadata").root();
@@ -206,6 +242,8 @@ async function readMetadata(raw, bytes) {
   }
   const files = await zipFiles(bytes);
   const labels = labelFile !== null && files.has(labelFile) ? splitLines(files.get(labelFile)) : null;
+  const {openSet, warning} = readOpenSet(files.get("open_set.json"), labels);
   return {hasMetadata: true, name: meta.string(0), description: meta.string(1), version: meta.string(2),
-          author: meta.string(4), license: meta.string(5), mean, std, labelFile, labels};
+          author: meta.string(4), license: meta.string(5), mean, std, labelFile, labels, openSet,
+          warnings: warning ? [warning] : []};
 }
