@@ -237,6 +237,7 @@ def add_open_set(cfg: RunConfig, ds: Dataset, feats: Features, trained: Trained,
             loco = open_set.leave_one_class_out({name: (embeddings[name], y[name]) for name in SPLIT_NAMES}, n,
                                                 ds.classes, solve, t.open_set_keep, t.open_set_prototypes, cfg.seed,
                                                 progress=lambda _: bar.update(1))
+        loco["backbone_saw_every_class"] = trained.fine_tuned  # fine-tuned on all: only the head is refit
     split = feats.eval_split
     rejected = open_set.decisions(fitted, embeddings[split])
     right = np.argmax(open_set.logits_of(embeddings[split], kernel, bias), axis=1) == y[split]

@@ -159,7 +159,8 @@ def _manifest(variant, source: Path, data: bytes, sha: str, meta, loaded, parity
         },
         "output": {"shape": [int(s) for s in out.shape], "dtype": str(out.dtype), "quantization": _quantization(out),
                    "meaning": "softmax probabilities, one per label (uint8: score = scale * (q - zero_point))"},
-        "labels": {"file": LABELS_FILE, "count": len(meta.labels), "in_model_metadata": True},
+        "labels": {"file": LABELS_FILE, "count": len(meta.labels), "in_model_metadata": True,
+                   "none_of_these": meta.open_set.label if meta.open_set else None},
         "parity": {
             "split": parity.get("split"), "n": parity.get("n"), "keras_accuracy": parity.get("keras_accuracy"),
             **{k: entry.get(k) for k in ("accuracy", "delta_acc", "agreement", "strict_agreement", "max_abs_dp",
@@ -232,10 +233,17 @@ def readme(m: dict, labels: list[str]) -> str:
         agree += f" (90 % interval {bounds['low']:.2f}-{bounds['high']:.2f} %)"
     delta = "n/a" if par.get("delta_acc") is None else f"{par['delta_acc']:+.2f} points"
     label_list = ", ".join(labels[:20]) + (", ..." if len(labels) > 20 else "")
+    reject = m["labels"].get("none_of_these")
+    sure = (f"- The last label, `{reject}`, means \"none of these\": the model puts it first when the photo is\n"
+            "  far from every class (its threshold is inside the model: the default options are enough).\n"
+            "  The scores are this model's softmax; treat a low top score (e.g. below 0.5) as \"not sure\"."
+            if reject else
+            f"- The scores are this model's softmax; it always names one of its {m['labels']['count']} classes, so\n"
+            "  treat a low top score (e.g. below 0.5) as \"not sure\".")
     values = {
         "model_file": MODEL_FILE, "labels_file": LABELS_FILE, "manifest_file": MANIFEST_FILE,
         "mediapipe_artifact": MEDIAPIPE_ARTIFACT, "task_library_artifact": TASK_LIBRARY_ARTIFACT,
-        "agree": agree, "delta": delta, "feed": feed, "scores": scores, "label_list": label_list,
+        "agree": agree, "delta": delta, "feed": feed, "scores": scores, "label_list": label_list, "sure": sure,
         "color_space": inp["color_space"], "height": inp["height"], "width": inp["width"],
         "created_at": m["created_at"], "version": m["edge_transfer_version"], "label_count": m["labels"]["count"],
         "title": m["metadata"]["name"] or "image classifier", "min_runtime": m["model"]["min_runtime_version"],
