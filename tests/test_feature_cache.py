@@ -171,7 +171,7 @@ def test_memory_does_not_grow_with_the_number_of_photos(tmp_path, monkeypatch):
         tracemalloc.start()
         feats = train.extract_features(cfg, backbone, ds, work, timer)
         trained = train.fit(cfg, backbone, ds, feats, out, timer)
-        probs = train.evaluate(trained, ds, feats, timer)
+        probs, _ = train.evaluate(trained, ds, feats, timer)  # (probabilities, embeddings) per split
         train.write_outputs(out, trained, ds, feats, probs, train.build_report(cfg, ds, feats, trained, probs, timer),
                             timer)
         peaks[n] = tracemalloc.get_traced_memory()[1]

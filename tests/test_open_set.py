@@ -103,15 +103,17 @@ def test_model_keras_says_none_of_these_for_photos_of_no_flower_and_keeps_flower
 def test_the_graph_rejects_exactly_below_the_threshold(trained_run, keras_test):
     """model.keras's argmax is the reject class exactly when the numpy score is below the threshold."""
     from trainer.model.model_io import load_keras, with_embedding
+    from trainer.model.open_set_layer import settings
 
     model = load_keras(trained_run / "model.keras")
-    layer = model.get_layer("none_of_these")
-    prototypes = layer.get_weights()[0].T
+    s = settings(model)
+    assert s["threshold"] == pytest.approx(json.loads((trained_run / "report.json").read_text())["open_set"]["threshold"],
+                                           abs=1e-5)
     embedding, probs = (np.asarray(a) for a in with_embedding(model).predict(keras_test.images.astype(np.float32),
                                                                               verbose=0))
-    scores = open_set.similarity(embedding, prototypes)
-    clear = np.abs(scores - layer.threshold) > 1e-4
-    assert ((probs.argmax(axis=1) == 5) == (scores < layer.threshold))[clear].all()
+    scores = open_set.similarity(embedding, s["prototypes"])
+    clear = np.abs(scores - s["threshold"]) > 1e-4
+    assert ((probs.argmax(axis=1) == 5) == (scores < s["threshold"]))[clear].all()
 
 
 @pytest.mark.parametrize("mode", ["float32", "float16", "dynamic", "int8", "full_int8"])

@@ -58,11 +58,12 @@ def test_thresholds_fail_only_on_evidence(fake_model):
 def test_default_thresholds_match_the_documented_gate():
     t = default_thresholds()
     assert t["float32"] == Thresholds(max_abs_dp=1e-4) and t["float16"] == Thresholds(max_abs_dp=0.05)
-    assert t["int8"] == Thresholds(min_delta_acc=-0.3, min_agreement=99.0)
-    assert t["dynamic"] == Thresholds(min_delta_acc=-1.0, min_agreement=97.0)
-    assert t["full_int8"] == Thresholds(min_delta_acc=-1.0, min_agreement=97.0)  # all-integer: looser
+    assert t["int8"] == Thresholds(min_delta_acc=-0.3, min_agreement=99.0, min_none_agreement=97.0)
+    assert t["dynamic"] == Thresholds(min_delta_acc=-1.0, min_agreement=97.0, min_none_agreement=97.0)
+    assert t["full_int8"] == Thresholds(min_delta_acc=-1.0, min_agreement=97.0,  # all-integer: looser
+                                        min_none_agreement=97.0)
     given = default_thresholds(min_agreement=90.0)
-    assert given["int8"] == Thresholds(min_delta_acc=-0.3, min_agreement=90.0)
+    assert given["int8"] == Thresholds(min_delta_acc=-0.3, min_agreement=90.0, min_none_agreement=97.0)
     assert given["full_int8"].min_agreement == 90.0 and given["float32"] == t["float32"]
 
 
@@ -76,7 +77,8 @@ def test_parity_json_has_every_variant_and_its_fields(converted):
         assert v["file"] == f"model_{mode}.tflite" and v["n"] == 40 and v["passed"] is True
         assert {"accuracy", "delta_acc", "agreement", "strict_agreement", "ties", "max_abs_dp", "mean_abs_dp",
                 "thresholds", "failures", "sha256"} <= set(v)
-    assert report["variants"]["int8"]["thresholds"] == {"min_delta_acc": -5.0, "min_agreement": 90.0}
+    assert report["variants"]["int8"]["thresholds"] == {"min_delta_acc": -5.0, "min_agreement": 90.0,
+                                                        "min_none_agreement": 97.0}
     assert report["variants"]["float32"]["thresholds"] == {"max_abs_dp": 1e-4}
 
 
@@ -103,10 +105,14 @@ def test_parity_numbers_match_an_independent_recomputation(converted, keras_test
     probs = np.array(raw, np.float64) / 256.0
     report = json.loads((converted / "parity.json").read_text())
     v = report["variants"]["full_int8"]
+    assert v["max_abs_dp"] == pytest.approx(np.abs(probs - kp).max(), abs=1e-6)
+    # over the 5 classes (the 6th output, none of these, is judged on its own)
+    reject_keras, reject_edge = kp.argmax(1) == 5, probs.argmax(1) == 5
+    assert v["none_of_these"]["agreement"] == pytest.approx(np.mean(reject_keras == reject_edge) * 100, abs=1e-3)
+    kp, probs = kp[:, :5], probs[:, :5]
     assert report["keras_accuracy"] == pytest.approx(np.mean(kp.argmax(1) == y), abs=1e-4)
     agree = np.mean(probs[np.arange(len(y)), kp.argmax(1)] == probs.max(1)) * 100
     assert v["agreement"] == pytest.approx(agree, abs=1e-3)
-    assert v["max_abs_dp"] == pytest.approx(np.abs(probs - kp).max(), abs=1e-6)
 
 
 @pytest.mark.slow

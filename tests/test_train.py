@@ -42,7 +42,6 @@ def test_run_directory_is_complete_and_self_describing(trained_run):
 
 RELOAD = """
 import json, sys, numpy as np, keras
-import trainer.model.open_set_layer  # registers NoneOfThese (the none-of-these class) for load_model
 from trainer.data.dataset import read_splits, load_images
 from edge.preprocess import PreprocessSpec
 run = sys.argv[1]

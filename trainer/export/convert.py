@@ -57,7 +57,7 @@ class Calibrated:
         activation ranges, then the float layers, on ``chooser`` (else on ``images``)."""
         from trainer.model.open_set_layer import ABOVE, BELOW
 
-        calibrated = pin_open_set(calibrate(source, representative_dataset(images)), pins or {}, ABOVE)
+        calibrated = pin_open_set(calibrate(source, representative_dataset(images)), pins or {}, BELOW, ABOVE)
         chooser = images if chooser is None else chooser
         calibrated, ranges = choose_ranges(calibrated, images, chooser, MODES["int8"].float_ops)
         log(f"  activation ranges: {ranges.line()}")
@@ -126,7 +126,7 @@ def export(run_dir: str | Path, modes: list[str], calibration_count: int = DEFAU
 
     Raises ConversionError (nothing written for that mode) when a file breaks its promises.
     """
-    from trainer.model.open_set_layer import open_set_pins
+    from trainer.model.open_set_layer import exportable, open_set_pins
 
     run = RunDir.open(run_dir)
     float_layers = default_float_layers(run) if float_layers is None else float_layers
@@ -134,7 +134,7 @@ def export(run_dir: str | Path, modes: list[str], calibration_count: int = DEFAU
     calibrating = any(MODES[m].calibrated for m in modes)
     floats = [m for m in modes if not MODES[m].calibrated]
     with contextlib.ExitStack() as stack:
-        source = stack.enter_context(exported(model))
+        source = stack.enter_context(exported(exportable(model)))
         side = None
         if overlap and calibrating and floats:
             side = stack.enter_context(beside(source, floats))

@@ -16,6 +16,7 @@ more than NOISE_SE standard errors of the paired differences (:func:`pick`).
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -27,8 +28,8 @@ from trainer.export.tflite import quantize
 # quantiles of the per-photo extremes tried, simplest first; 1.0 is the calibration's own global min / max
 QUANTILES = (1.0, 0.99, 0.95, 0.9, 0.8)
 NOISE_SE = 2.0
-CONCATENATION, REDUCE_MAX = 2, 82  # tflite BuiltinOperator codes
-NONNEGATIVE_WHEN_SEEN = ("cosine", "scaled")  # pinned from 0 when calibration saw nothing negative  # a quantile must beat the incumbent by this many standard errors of the paired differences
+CONCATENATION, RESHAPE, REDUCE_MAX = 2, 22, 82  # tflite BuiltinOperator codes
+NONNEGATIVE_WHEN_SEEN = ("cosine", "cosines", "score")  # pinned from 0 when calibration saw nothing negative  # a quantile must beat the incumbent by this many standard errors of the paired differences
 
 
 @dataclass(frozen=True)
@@ -50,23 +51,28 @@ def _name(tensor) -> str:
 
 
 def _pinned_scope(name: str) -> str | None:
-    """The none-of-these layer's name scope a tensor belongs to (its range is pinned, not measured)."""
+    """The part of the none-of-these layers a tensor belongs to ("raw", "margin", ...; its range is
+    pinned, not measured), from its name: .../none_of_these_raw_1/... -> "raw"."""
     from trainer.model.open_set_layer import LAYER_NAME
 
-    parts = name.split(";")[0].split("/")
-    for i, part in enumerate(parts[:-1]):
-        if part.startswith(LAYER_NAME):
-            return parts[i + 1]
+    for part in name.split(";")[0].split("/"):
+        found = re.fullmatch(rf"{LAYER_NAME}_([a-z]+)(?:_\d+)?", part)
+        if found:
+            return found.group(1)
     return None
 
 
-def pin_open_set(calibrated: bytes, pins: dict[str, tuple[float, float]], widen: float) -> bytes:
-    """The calibrated model with the none-of-these layer's ranges set by construction: the
+def _set(tensor, lo: float, hi: float) -> None:
+    tensor.quantization.min, tensor.quantization.max = [float(lo)], [float(hi)]
+
+
+def pin_open_set(calibrated: bytes, pins: dict[str, tuple[float, float]], below: float, above: float) -> bytes:
+    """The calibrated model with the none-of-these layers' ranges set by construction: the
     calibration photos are all of known classes, so the margin that rejects a photo is never
-    measured, and a measured range would clip it to zero (every photo kept). Scopes in ``pins`` get
-    their (min, max). The class logits, the extra logit, the best logit and their concatenation
-    share one scale in int8 (TFLite's concatenation and max keep it): all get the union of their
-    calibrated ranges, its top raised by ``widen`` (the extra logit's largest margin)."""
+    measured, and a measured range would clip it to zero (every photo kept). Parts in ``pins``
+    get their (min, max). The class logits, their best, the extra logit and the concatenation
+    share one scale in int8 (TFLite's concatenation, reshape and max keep it): all get the union
+    of their calibrated ranges, its top raised by ``above``; "lowered" (best - ``below``) follows."""
     from tensorflow.lite.tools import flatbuffer_utils
 
     if not pins:
@@ -75,23 +81,31 @@ def pin_open_set(calibrated: bytes, pins: dict[str, tuple[float, float]], widen:
     graph = model.subgraphs[0]
     codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
     ranged = lambda i: graph.tensors[i].quantization is not None and graph.tensors[i].quantization.min is not None  # noqa: E731
-    for t in graph.tensors:
-        q, scope = t.quantization, _pinned_scope(_name(t))
-        if scope in pins and q is not None and q.min is not None and len(q.min) == 1:
-            lo, hi = pins[scope]
-            if scope in NONNEGATIVE_WHEN_SEEN and float(q.min[0]) >= 0:
+    scope = lambda i: _pinned_scope(_name(graph.tensors[i]))  # noqa: E731
+    for i, t in enumerate(graph.tensors):
+        part = scope(i)
+        if part in pins and ranged(i) and len(t.quantization.min) == 1:
+            lo, hi = pins[part]
+            if part in NONNEGATIVE_WHEN_SEEN and float(t.quantization.min[0]) >= 0:
                 lo = 0.0
-            q.min, q.max = [float(lo)], [float(hi)]
+            _set(t, lo, hi)
     for op in graph.operators:
-        if codes[op.opcodeIndex] != CONCATENATION or _pinned_scope(_name(graph.tensors[op.outputs[0]])) is None:
+        if codes[op.opcodeIndex] != CONCATENATION or scope(op.outputs[0]) != "concat":
             continue
         group = [i for i in list(op.inputs) + list(op.outputs) if ranged(i)]
-        group += [o.outputs[0] for o in graph.operators
-                  if codes[o.opcodeIndex] == REDUCE_MAX and o.inputs[0] in group and ranged(o.outputs[0])]
+        grew = True
+        while grew:  # the reshapes and the max of the logits share their scale
+            more = [o.outputs[0] for o in graph.operators if codes[o.opcodeIndex] in (RESHAPE, REDUCE_MAX)
+                    and o.inputs[0] in group and o.outputs[0] not in group and ranged(o.outputs[0])]
+            group += more
+            grew = bool(more)
         lo = min(float(graph.tensors[i].quantization.min[0]) for i in group)
-        hi = max(float(graph.tensors[i].quantization.max[0]) for i in group) + widen
+        hi = max(float(graph.tensors[i].quantization.max[0]) for i in group) + above
         for i in group:
-            graph.tensors[i].quantization.min, graph.tensors[i].quantization.max = [lo], [hi]
+            _set(graph.tensors[i], lo, hi)
+        for i, t in enumerate(graph.tensors):
+            if scope(i) == "lowered" and ranged(i):
+                _set(t, lo - below, hi - below)
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
@@ -217,7 +231,7 @@ def correct_open_set_bias(calibrated: bytes, chooser: np.ndarray, float_ops: tup
     tf_flowers: -0.005, as large as the typical error): uncorrected, int8 rejects photos the float
     model keeps. The shift is measured on the ``chooser`` photos, from the margins of the float and
     the quantized outputs (photos inside the clip only), and subtracted from the threshold
-    constant (``sharpness * threshold`` in the layer's "raw" scope). Returns the model and the
+    constant (the bias of the "raw" layer, ``sharpness * threshold + BELOW``). Returns the model and the
     shift in logit units (0.0 without a none-of-these layer)."""
     from tensorflow.lite.tools import flatbuffer_utils
 
@@ -226,8 +240,9 @@ def correct_open_set_bias(calibrated: bytes, chooser: np.ndarray, float_ops: tup
     constant = None
     for op in graph.operators:
         if _pinned_scope(_name(graph.tensors[op.outputs[0]])) == "raw":
-            held = [i for i in op.inputs if model.buffers[graph.tensors[i].buffer].data is not None]
-            constant = graph.tensors[held[0]] if len(held) == 1 else None
+            held = [i for i in op.inputs if i >= 0 and model.buffers[graph.tensors[i].buffer].data is not None
+                    and graph.tensors[i].shape is not None and list(graph.tensors[i].shape) == [1]]
+            constant = graph.tensors[held[-1]] if held else None  # the bias: shape [1] (the kernel is [1, 1])
     if constant is None:
         return calibrated, 0.0
     reference = open_set_margins(outputs(calibrated, chooser))

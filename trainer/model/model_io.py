@@ -1,9 +1,9 @@
 """Load a saved model.keras (the one place that knows which custom layers a run may contain) and
 run it on photos.
 
-A run trained on a TF Hub backbone holds a ``trainer.hub_layer.HubFeatureVector``, and a run with
-the none-of-these class a ``trainer.model.open_set_layer.NoneOfThese``; Keras finds them only once
-their modules are imported, so every loader goes through :func:`load_keras`.
+A run trained on a TF Hub backbone holds a ``trainer.hub_layer.HubFeatureVector``; Keras finds
+it only once that module is imported, so every loader goes through :func:`load_keras`. (The
+none-of-these class is made of Keras' own layers: it needs nothing.)
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ def load_keras(path: str | Path):
     import keras
 
     from trainer import hub_layer  # noqa: F401  registers HubFeatureVector for deserialization
-    from trainer.model import open_set_layer  # noqa: F401  registers NoneOfThese
 
     return keras.models.load_model(path)
 
@@ -40,8 +39,8 @@ def with_embedding(model):
     import keras
 
     names = [layer.name for layer in model.layers]
-    if "none_of_these" in names:
-        embedding = model.get_layer("none_of_these").input[0]
+    if "none_of_these_unit" in names:
+        embedding = model.get_layer("none_of_these_unit").input
     elif "head_dropout" in names:
         embedding = model.get_layer("head_dropout").input
     else:

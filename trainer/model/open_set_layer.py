@@ -1,107 +1,108 @@
-"""NoneOfThese: the Keras layer that adds the "none of these" class to a classifier, in the graph.
+"""The "none of these" output, built from Keras' own layers, so model.keras loads with plain
+``keras.models.load_model`` (no import of ours needed).
 
 Inputs: the pooled embedding (N, D) and the class logits (N, K). The photo's score is its largest
-cosine similarity to the per-class prototypes (K x P unit vectors, a constant of the layer); the
-extra logit is ``max(logits) + clip(sharpness * (threshold - score), -BELOW, ABOVE)``. So the extra
-class is the top-1 exactly when the score is below the threshold, the K classes keep their order
-(and their probabilities up to one common factor, which is ~1 for an in-distribution photo), and
-every op is a TFLite builtin (L2 normalization, a fully connected layer, max, add, concat,
-softmax): MediaPipe, the Task Library and LiteRT.js see "none of these" as one more label.
+cosine similarity to the per-class prototypes (P unit vectors: the kernel of a Dense layer); the
+extra logit is ``max(logits) + clip(sharpness * (threshold - score), -BELOW, ABOVE)``. So the
+extra class is the top-1 exactly when the score is below the threshold, the K classes keep their
+order (and their probabilities up to one common factor, ~1 - e^-BELOW for an in-distribution
+photo), and every op is a TFLite builtin (normalization, fully connected, reshape, max, ReLU-N,
+add, concatenation, softmax): MediaPipe, the Task Library and LiteRT.js see "none of these" as one
+more label. The layers, in graph order (their names are how trainer.export.ranges finds them)::
 
-``keras.models.load_model`` finds the class once this module is imported
-(:func:`trainer.model.model_io.load_keras` does).
+    unit     UnitNormalization(embedding)              cosine   Dense(P, no bias): prototypes
+    cosines  Reshape (P, 1)                            score    GlobalMaxPooling1D: the score
+    raw      Dense(1): sharpness * (threshold - score) + BELOW
+    margin   ReLU(max BELOW + ABOVE): the clip, shifted by BELOW
+    logits   Reshape (K, 1) of the class logits        best     GlobalMaxPooling1D: the best logit
+    lowered  Dense(1): best - BELOW                    extra    Add: best + clipped margin
+    concat   [logits, extra]                           none_of_these  Softmax
 """
 
 from __future__ import annotations
 
-import keras
 import numpy as np
 
 # the extra logit's margin over the best class, in logit units: bounded, so the int8 output scale
 # stays near the class logits' (an in-distribution photo: e^-8 of the best class; a rejected one: e^3)
 BELOW, ABOVE = 8.0, 3.0
-# TensorFlow name scopes of the layer's tensors and their ranges for int8 (by construction: the
-# calibration photos are the user's classes, which never show a positive margin);
-# trainer.export.ranges pins them, and widens the logits' shared range by ABOVE.
-LAYER_NAME = "none_of_these"
-
-
-@keras.saving.register_keras_serializable(package="edge_transfer")
-class NoneOfThese(keras.layers.Layer):
-    """[embedding (N, D), logits (N, K)] -> probabilities (N, K + 1); the last is none of these."""
-
-    def __init__(self, n_prototypes: int, threshold: float, sharpness: float, **kwargs):
-        kwargs.setdefault("trainable", False)
-        super().__init__(**kwargs)
-        self.n_prototypes = int(n_prototypes)
-        self.threshold = float(threshold)
-        self.sharpness = float(sharpness)
-
-    def build(self, input_shape):
-        dim = int(input_shape[0][-1])
-        # (D, P): the prototypes as the kernel of a fully connected layer, unit columns
-        self.prototypes = self.add_weight(name="prototypes", shape=(dim, self.n_prototypes),
-                                          initializer="zeros", trainable=False)
-
-    def pinned_ranges(self) -> dict[str, tuple[float, float]]:
-        """Name scope -> (min, max) its int8 tensors must cover (see the module's constants). A
-        cosine is in [-1, 1]; trainer.export.ranges starts "cosine" and "scaled" at 0 when the
-        calibration saw no negative one (post-ReLU embeddings: twice the resolution)."""
-        c, sh = self.sharpness * self.threshold, self.sharpness
-        return {"unit": (-1.0, 1.0), "cosine": (-1.0, 1.0), "scaled": (-sh, sh), "raw": (c - sh, c + sh),
-                "margin": (-BELOW, ABOVE)}
-
-    def call(self, inputs):
-        import tensorflow as tf
-
-        embedding, logits = inputs
-        with tf.name_scope("unit"):
-            unit = tf.math.l2_normalize(embedding, axis=-1)
-        with tf.name_scope("cosine"):  # the score: the largest cosine similarity to a prototype
-            score = tf.reduce_max(tf.matmul(unit, self.prototypes), axis=-1, keepdims=True)
-        with tf.name_scope("scaled"):
-            scaled = score * self.sharpness
-        with tf.name_scope("raw"):
-            raw = self.sharpness * self.threshold - scaled
-        with tf.name_scope("margin"):
-            margin = tf.clip_by_value(raw, -BELOW, ABOVE)
-        best = tf.reduce_max(logits, axis=-1, keepdims=True)
-        with tf.name_scope("extra"):
-            extra = best + margin
-        return tf.nn.softmax(tf.concat([logits, extra], axis=-1), axis=-1)
-
-    def compute_output_shape(self, input_shape):
-        return (input_shape[1][0], int(input_shape[1][-1]) + 1)
-
-    def get_config(self):
-        return {**super().get_config(), "n_prototypes": self.n_prototypes, "threshold": self.threshold,
-                "sharpness": self.sharpness}
+LAYER_NAME = "none_of_these"  # the output layer; the others are LAYER_NAME + "_" + part
 
 
 def attach(model, prototypes: np.ndarray, threshold: float, sharpness: float, temperature: float = 1.0):
     """The classifier ``model`` (image -> base -> pooled embedding -> [dropout] -> Dense softmax
     "probabilities") with the none-of-these class: the Dense layer's weights divided by
-    ``temperature`` (calibration folded in: no new op), its logits and the embedding into
-    :class:`NoneOfThese`. The base's layers are shared, not copied."""
+    ``temperature`` (calibration folded in: no new op), its logits and the embedding into the
+    layers above. The base's layers are shared, not copied."""
+    import keras
+
+    layers = keras.layers
     dense = model.get_layer("probabilities")
     kernel, bias = dense.get_weights()
-    embedding = dense.input
-    if "head_dropout" in [layer.name for layer in model.layers]:
-        embedding = model.get_layer("head_dropout").input
-    logits_layer = keras.layers.Dense(kernel.shape[1], name="logits")
-    logits = logits_layer(embedding)
-    logits_layer.set_weights([kernel / np.float32(temperature), bias / np.float32(temperature)])
-    layer = NoneOfThese(len(prototypes), threshold, sharpness, name=LAYER_NAME)
-    outputs = layer([embedding, logits])
-    layer.set_weights([np.ascontiguousarray(np.asarray(prototypes, np.float32).T)])
-    return keras.Model(model.input, outputs, name=model.name)
+    names = [layer.name for layer in model.layers]
+    embedding = model.get_layer("head_dropout").input if "head_dropout" in names else dense.input
+    k, p = kernel.shape[1], len(prototypes)
+
+    def name(part: str) -> str:
+        return f"{LAYER_NAME}_{part}"
+
+    logits = layers.Dense(k, name="logits")(embedding)
+    unit = layers.UnitNormalization(name=name("unit"))(embedding)
+    cosine = layers.Dense(p, use_bias=False, name=name("cosine"))(unit)
+    score = layers.GlobalMaxPooling1D(name=name("score"))(layers.Reshape((p, 1), name=name("cosines"))(cosine))
+    margin = layers.ReLU(max_value=BELOW + ABOVE, name=name("margin"))(layers.Dense(1, name=name("raw"))(score))
+    best = layers.GlobalMaxPooling1D(name=name("best"))(layers.Reshape((k, 1), name=name("logits"))(logits))
+    extra = layers.Add(name=name("extra"))([layers.Dense(1, name=name("lowered"))(best), margin])
+    outputs = layers.Softmax(name=LAYER_NAME)(layers.Concatenate(name=name("concat"))([logits, extra]))
+    out = keras.Model(model.input, outputs, name=model.name)
+    f32 = lambda *a: np.asarray(a[0] if len(a) == 1 else a, np.float32)  # noqa: E731
+    out.get_layer("logits").set_weights([kernel / np.float32(temperature), bias / np.float32(temperature)])
+    out.get_layer(name("cosine")).set_weights([np.ascontiguousarray(f32(prototypes).T)])
+    out.get_layer(name("raw")).set_weights([f32([[-sharpness]]), f32([sharpness * threshold + BELOW])])
+    out.get_layer(name("lowered")).set_weights([f32([[1.0]]), f32([-BELOW])])
+    return out
 
 
-def has_open_set(model) -> bool:
-    return any(isinstance(layer, NoneOfThese) for layer in model.layers)
+def settings(model) -> dict | None:
+    """The none-of-these layer's prototypes (P, D), threshold and sharpness, read back from the
+    weights of ``model`` (None without one)."""
+    if LAYER_NAME not in [layer.name for layer in model.layers]:
+        return None
+    (weight,), (kernel, bias) = (model.get_layer(f"{LAYER_NAME}_{part}").get_weights() for part in ("cosine", "raw"))
+    sharpness = float(-kernel[0, 0])
+    return {"prototypes": weight.T, "threshold": float((bias[0] - BELOW) / sharpness), "sharpness": sharpness}
 
 
 def open_set_pins(model) -> dict[str, tuple[float, float]]:
-    """The int8 ranges of ``model``'s none-of-these layer by name scope ({} without one)."""
-    layers = [layer for layer in model.layers if isinstance(layer, NoneOfThese)]
-    return layers[0].pinned_ranges() if layers else {}
+    """The int8 ranges of ``model``'s none-of-these layers by part name ({} without them). A
+    cosine is in [-1, 1]; trainer.export.ranges starts the cosine parts at 0 when the calibration
+    saw no negative one (post-ReLU embeddings: twice the resolution)."""
+    s = settings(model)
+    if s is None:
+        return {}
+    # raw saturating outside the clip changes nothing (the ReLU-N clips it there): its range is the clip's
+    return {"unit": (-1.0, 1.0), "cosine": (-1.0, 1.0), "cosines": (-1.0, 1.0), "score": (-1.0, 1.0),
+            "raw": (0.0, BELOW + ABOVE), "margin": (0.0, BELOW + ABOVE)}
+
+
+def exportable(model):
+    """``model`` for TFLite conversion: Keras' UnitNormalization lowers to SQUARE / SUM / RSQRT /
+    MUL, and int8 has no SQUARE (full_int8 could not be integer-only); tf.math.l2_normalize
+    becomes one L2_NORMALIZATION, which int8 runs. The same function (the parity gate's float32
+    check shows it), the same weights (every other layer is shared, not copied); only for
+    conversion, model.keras keeps Keras' own layers."""
+    import keras
+
+    if f"{LAYER_NAME}_unit" not in [layer.name for layer in model.layers]:
+        return model
+
+    class L2Normalize(keras.layers.Layer):
+        def call(self, x):
+            import tensorflow as tf
+
+            return tf.math.l2_normalize(x, axis=-1)
+
+    def swap(layer):
+        return L2Normalize(name=layer.name) if layer.name == f"{LAYER_NAME}_unit" else layer
+
+    return keras.models.clone_model(model, clone_function=swap)

@@ -43,10 +43,11 @@ class Evidence:
         return asdict(self)
 
     def failure(self) -> str:
-        unit = "%" if self.measure == "agreement" else " points"
-        name = "agreement" if self.measure == "agreement" else "delta acc"
+        percent = self.measure in ("agreement", "none_of_these")
+        unit = "%" if percent else " points"
+        name = {"agreement": "agreement", "none_of_these": "none-of-these agreement"}.get(self.measure, "delta acc")
         return (f"{name} {self.point:.2f}{unit} (95 % bound {self.high:.2f}) < {self.tolerance:g}{unit}"
-                if self.measure == "agreement" else
+                if percent else
                 f"{name} {self.point:+.2f}{unit} (95 % bound {self.high:+.2f}) < {self.tolerance:+g}{unit}")
 
 

@@ -16,11 +16,14 @@ Definitions (also written into parity.json):
   max/mean |dp|  over every photo and class, |p_tflite - p_keras|.
   decision       pass / fail / undecided: agreement and delta_acc are tolerances judged on evidence
                  (trainer.report.evidence): fail only when the photos show a breach at 95 %.
+  none_of_these  a model with the none-of-these output (docs/none-of-these.md): accuracy, agreement
+                 and delta_acc are over the classes (the top class among them), and the reject
+                 decision (is that output the top-1?) has its own agreement and tolerance.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +39,11 @@ from trainer.report import evidence
 from trainer.report.metrics import ci95
 from trainer.run_dir import MODEL, PARITY, RunDir, sha256_file
 
+# the reject decision is a threshold on a continuous score with 5 % of the photos below it: photos
+# at the threshold flip between float and int8 more easily than class decisions (tf_flowers default
+# run: 8 of 587 for int8, 98.6 %); its tolerance is its own (docs/none-of-these.md)
+NONE_OF_THESE_AGREEMENT = 97.0
+
 DEFINITIONS = {
     "accuracy": "top-1 accuracy of the edge runtime (ties: lowest index)",
     "delta_acc": "TFLite accuracy - Keras accuracy, percentage points",
@@ -47,6 +55,9 @@ DEFINITIONS = {
     "evidence": "per tolerance: point estimate, exact one-sided 95 % low / high bounds (together a 90 % "
                 "interval), breach = the high bound is below the tolerance (binomial test for agreement, "
                 "McNemar with the tolerance as margin for delta_acc)",
+    "none_of_these": "a model with the none-of-these output: accuracy and agreement are over its classes; "
+                     "this is the agreement of the reject decision (that output ranks first), judged like "
+                     "agreement against min_none_agreement",
     "decision": "fail: a tolerance is breached on the evidence (or max |dp| exceeded); undecided: the split "
                 "is too small to show a breach (photos_needed would); pass otherwise",
 }
@@ -60,12 +71,16 @@ class Thresholds:
     max_abs_dp: float | None = None
     min_delta_acc: float | None = None  # percentage points
     min_agreement: float | None = None  # percent
+    min_none_agreement: float | None = None  # percent: the none-of-these decision, when the model has one
 
     def judge(self, n: int, max_abs_dp: float, counts: "Counts") -> tuple[dict, list[str], str, int | None]:
         """(evidence per measure, failures, decision, photos needed when undecided)."""
         found = {}
         if self.min_agreement is not None:
             found["agreement"] = evidence.agreement(n, counts.disagreements, self.min_agreement)
+        if self.min_none_agreement is not None and counts.none_flips is not None:
+            found["none_of_these"] = replace(evidence.agreement(n, counts.none_flips, self.min_none_agreement),
+                                             measure="none_of_these")
         if self.min_delta_acc is not None:
             found["delta_acc"] = evidence.delta_acc(n, counts.keras_only_right, counts.tflite_only_right,
                                                     self.min_delta_acc)
@@ -86,6 +101,7 @@ class Counts:
     disagreements: int  # Keras top-1 not among the TFLite top-scoring classes
     keras_only_right: int
     tflite_only_right: int
+    none_flips: int | None = None  # photos where only one side says none of these (None: no such output)
 
 
 def default_thresholds(float32_max_dp: float | None = None, float16_max_dp: float | None = None,
@@ -100,7 +116,8 @@ def default_thresholds(float32_max_dp: float | None = None, float16_max_dp: floa
         else:
             out[mode] = Thresholds(
                 min_delta_acc=q.gate_min_delta_acc if min_delta_acc is None else min_delta_acc,
-                min_agreement=q.gate_min_agreement if min_agreement is None else min_agreement)
+                min_agreement=q.gate_min_agreement if min_agreement is None else min_agreement,
+                min_none_agreement=NONE_OF_THESE_AGREEMENT)
     return out
 
 
@@ -124,6 +141,7 @@ class VariantParity:
     evidence: dict = field(default_factory=dict)  # measure -> Evidence.to_dict()
     decision: str = "pass"  # pass | fail | undecided (too few photos to show a breach)
     photos_needed: int | None = None  # when undecided: photos that would decide
+    none_of_these: dict = field(default_factory=dict)  # the reject decision's agreement (its output only)
 
     @property
     def passed(self) -> bool:
@@ -149,16 +167,27 @@ def top1_sets(probs: np.ndarray) -> np.ndarray:
 
 
 def compare(mode: str, path: Path, keras_probs: np.ndarray, tflite_probs: np.ndarray, y: np.ndarray,
-            thresholds: Thresholds) -> VariantParity:
-    """Parity numbers of one variant from the two probability matrices (pure numpy)."""
+            thresholds: Thresholds, reject: int | None = None) -> VariantParity:
+    """Parity numbers of one variant from the two probability matrices (pure numpy). ``reject``:
+    the index of the none-of-these output (the last), whose decision is judged on its own."""
+    diff = np.abs(tflite_probs.astype(np.float64) - keras_probs.astype(np.float64))
+    pct = lambda mask: round(float(np.mean(mask)) * 100, 3)  # noqa: E731
+    none = {}
+    flips = None
+    if reject is not None:
+        keras_says = np.argmax(keras_probs, axis=1) == reject
+        edge_says = np.array([rank(p)[0] == reject for p in tflite_probs], dtype=bool)
+        flips = int(np.sum(keras_says != edge_says))
+        none = {"agreement": pct(keras_says == edge_says) if len(y) else 100.0, "flips": flips,
+                "keras_rejected": int(keras_says.sum()), "tflite_rejected": int(edge_says.sum())}
+        keras_probs, tflite_probs = keras_probs[:, :reject], tflite_probs[:, :reject]
     keras_top = np.argmax(keras_probs, axis=1)
     edge_top = np.array([rank(p)[0] for p in tflite_probs], dtype=np.int64)
     tied = top1_sets(tflite_probs)
-    diff = np.abs(tflite_probs.astype(np.float64) - keras_probs.astype(np.float64))
-    pct = lambda mask: round(float(np.mean(mask)) * 100, 3)  # noqa: E731
     keras_right, edge_right = keras_top == y, edge_top == y
     agree = tied[np.arange(len(y)), keras_top]
-    counts = Counts(int(np.sum(~agree)), int(np.sum(keras_right & ~edge_right)), int(np.sum(edge_right & ~keras_right)))
+    counts = Counts(int(np.sum(~agree)), int(np.sum(keras_right & ~edge_right)), int(np.sum(edge_right & ~keras_right)),
+                    flips)
     found, failures, decision, needed = thresholds.judge(len(y), float(diff.max()), counts)
     return VariantParity(
         mode=mode,
@@ -179,6 +208,7 @@ def compare(mode: str, path: Path, keras_probs: np.ndarray, tflite_probs: np.nda
         evidence={k: e.to_dict() for k, e in found.items()},
         decision=decision,
         photos_needed=needed,
+        none_of_these=none,
     )
 
 
@@ -219,11 +249,14 @@ class ParityReport:
         head = (f"parity on {self.n} {self.split} photos (Keras accuracy {self.keras_accuracy:.4f}, "
                 f"95% interval {lo:.3f}-{hi:.3f})\n"
                 f"{'variant':<9} {'acc':>7} {'95% interval':>13} {'dAcc pt':>8} {'agree %':>8} {'90% interval':>13} "
-                f"{'strict %':>9} {'ties':>5} {'max|dp|':>9} {'mean|dp|':>9}  gate")
+                f"{'strict %':>9} {'ties':>5} {'max|dp|':>9} {'mean|dp|':>9} {'none %':>7}  gate")
         rows = [f"{v.mode:<9} {v.accuracy:>7.4f} {_interval(v.accuracy_ci95):>13} {v.delta_acc:>+8.2f} "
                 f"{v.agreement:>8.2f} {_bounds(v.evidence.get('agreement')):>13} {v.strict_agreement:>9.2f} "
-                f"{v.ties:>5d} {v.max_abs_dp:>9.2e} {v.mean_abs_dp:>9.2e}  {v.gate()}" for v in self.variants]
-        return "\n".join([head, *rows])
+                f"{v.ties:>5d} {v.max_abs_dp:>9.2e} {v.mean_abs_dp:>9.2e} "
+                f"{_none(v.none_of_these):>7}  {v.gate()}" for v in self.variants]
+        note = (["(accuracy and agreement over the classes; none %: agreement of the none-of-these decision)"]
+                if any(v.none_of_these for v in self.variants) else [])
+        return "\n".join([head, *rows, *note])
 
     def warnings(self) -> list[str]:
         """One line when the split is too small to decide a variant's gate (never a silent pass)."""
@@ -234,6 +267,10 @@ class ParityReport:
                          for v in undecided)
         return [f"warning: {self.n} {self.split} photos are too few to decide the gate of {what} photos needed; "
                 "these variants are neither passed nor failed on evidence"]
+
+
+def _none(found: dict) -> str:
+    return f"{found['agreement']:.2f}" if found else "-"
 
 
 def _interval(ci: list[float]) -> str:
@@ -262,9 +299,11 @@ def check(run_dir: str | Path, modes: list[str], thresholds: dict[str, Threshold
             parts[mode].append(classifier.probabilities(images))
     y = np.concatenate(labels) if labels else np.zeros(0, np.int64)
     keras_probs = np.concatenate(keras_parts) if keras_parts else np.zeros((0, 0), np.float32)
+    reject = len(run.labels) if run.open_set and keras_probs.shape[-1] == len(run.labels) + 1 else None
     variants = [compare(mode, run.variant(mode), keras_probs, np.concatenate(parts[mode]), y,
-                        thresholds.get(mode, Thresholds())) for mode in modes]
-    keras_acc = round(float(np.mean(np.argmax(keras_probs, axis=1) == y)), 4) if len(y) else 0.0
+                        thresholds.get(mode, Thresholds()), reject) for mode in modes]
+    classes = keras_probs[:, :reject] if reject is not None else keras_probs
+    keras_acc = round(float(np.mean(np.argmax(classes, axis=1) == y)), 4) if len(y) else 0.0
     return ParityReport(split, len(y), keras_acc, run.model_digest, variants)
 
 
