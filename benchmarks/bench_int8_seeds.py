@@ -61,6 +61,7 @@ def one(repo: Path, data: Path, runs: Path, preset: str, seed: int) -> dict:
             "disagreements": disagree, "low": found["low"], "high": found["high"], "delta_acc": v["delta_acc"],
             "decision": decision, "convert_exit": converted.returncode,
             "quantile": chosen.group(1) if chosen else None, "train_s": round(train_s, 1),
+            "none_agreement": (v.get("none_of_these") or {}).get("agreement"),  # the unknown output's decision
             "convert_s": round(convert_s, 1)}
 
 
@@ -73,16 +74,17 @@ def summary(rows: list[dict]) -> dict:
 
 
 def markdown(rows: list[dict], summaries: dict) -> str:
-    lines = ["| preset | seed | test photos | Keras acc | int8 agreement | 90 % interval | Δacc pt | gate | "
-             "convert exit | ranges |", "|---|---:|---:|---:|---:|---|---:|---|---:|---|"]
+    lines = ["| preset | seed | test photos | Keras acc | int8 agreement | 90 % interval | Δacc pt | none % | gate | "
+             "convert exit | ranges |", "|---|---:|---:|---:|---:|---|---:|---:|---|---:|---|"]
     for r in rows:
         lines.append(f"| {r['preset']} | {r['seed']} | {r['n']} | {r['keras_accuracy']:.4f} | {r['agreement']:.2f} % "
                      f"({r['disagreements']} off) | {r['low']:.2f}-{r['high']:.2f} | {r['delta_acc']:+.2f} | "
+                     f"{'-' if r.get('none_agreement') is None else format(r['none_agreement'], '.2f')} | "
                      f"{r['decision']} | {r['convert_exit']} | {r['quantile']} |")
     for preset, s in summaries.items():
         lines.append(f"| **{preset}** | median (min-max) | | | **{s['agreement_median']:.2f} %** "
                      f"({s['agreement_min']:.2f}-{s['agreement_max']:.2f}) | | {s['delta_acc_median']:+.2f} "
-                     f"(min {s['delta_acc_min']:+.2f}) | | {s['convert_exit_0']}/{s['runs']} exit 0 | |")
+                     f"(min {s['delta_acc_min']:+.2f}) | | | {s['convert_exit_0']}/{s['runs']} exit 0 | |")
     return "\n".join(lines)
 
 
