@@ -162,6 +162,9 @@ def test_model_card_describes_data_metrics_and_every_variant(converted):
     assert card["outputs"] == [*card["classes"], o["label"]] and card["open_set"]["threshold"] == o["threshold"]
     assert [r["left_out"] for r in card["open_set"]["leave_one_class_out"]["classes"]] == card["classes"]
     assert "## None of these" in md and all(f"| {c} | " in md.split("## None of these")[1] for c in card["classes"])
+    parity = json.loads((converted / "parity.json").read_text())
+    none = parity["variants"]["int8"]["none_of_these"]  # the reject decision, judged apart from the classes
+    assert int8["parity"]["none_of_these"] == none and f"int8 {none['agreement']:.2f} %" in md
 
 
 def _card_run(tmp_path, open_set: dict | None) -> Path:

@@ -251,6 +251,7 @@ def test_train_convert_and_bench_write_the_page(converted, tmp_path):
     assert len(mistakes) == min(48, wrong)
     html = (converted / "report.html").read_text()
     assert "TFLite parity" in html and "Model card" in html and "Benchmark" not in html
+    assert "none of these %" in html.split("TFLite parity")[1]  # the reject decision's own agreement
     run = shutil.copytree(converted, tmp_path / "run")
     result = run_cli("trainer", "bench", str(run), "--threads", "1", "--runs", "3", "--warmup", "1")
     assert result.returncode == 0, result.stderr[-2000:]

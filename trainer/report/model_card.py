@@ -92,7 +92,8 @@ def build(run_dir: str | Path) -> dict:
             variants[mode] = {**variant_facts(path), "summary": MODES[mode].summary,
                               "parity": {k: entry.get(k) for k in
                                          ("accuracy", "accuracy_ci95", "delta_acc", "agreement", "max_abs_dp",
-                                          "mean_abs_dp", "evidence", "decision", "photos_needed", "passed")}
+                                          "mean_abs_dp", "evidence", "decision", "photos_needed", "passed",
+                                          "none_of_these")}
                               if entry else None}
     open_set = open_set_facts(run)
     return {
@@ -163,6 +164,11 @@ def render_markdown(card: dict) -> str:
                      f"{fmt('accuracy', '.4f')} | {_interval(p.get('accuracy_ci95'))} | {fmt('delta_acc', '+.2f')} | "
                      f"{fmt('agreement', '.2f')} | {_interval([found['low'], found['high']]) if found else '-'} | "
                      f"{fmt('max_abs_dp', '.2e')} | {gate} |")
+    none = [f"{mode} {v['parity']['none_of_these']['agreement']:.2f} %" for mode, v in card["variants"].items()
+            if v["parity"] and v["parity"].get("none_of_these")]
+    if none:
+        lines += ["", "Accuracy and agreement are over the classes; the none-of-these decision's own agreement "
+                      f"(tolerance 97 %): {', '.join(none)}."]
     lines += ["", "## Limitations", *[f"- {item}" for item in card["limitations"]], ""]
     return "\n".join(lines)
 

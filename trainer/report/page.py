@@ -287,14 +287,16 @@ def _parity(parity: dict | None) -> str:
     if not parity:
         return ""
     rows = []
+    none = any(v.get("none_of_these") for v in parity.get("variants", {}).values())  # the unknown output's decision
     for mode, v in parity.get("variants", {}).items():
         rows.append([f"<b>{_e(mode)}</b>", f"<code>{_e(v.get('file'))}</code>", v.get("n"),
                      _acc_ci(v.get("accuracy"), v.get("n", 0)), _num(v.get("delta_acc"), "{:+.2f}"),
                      _agreement(v), _num(v.get("strict_agreement"), "{:.2f}"),
                      _num(v.get("max_abs_dp"), "{:.1e}"), _num(v.get("mean_abs_dp"), "{:.1e}"),
+                     *([_num((v.get("none_of_these") or {}).get("agreement"), "{:.2f}")] if none else []),
                      _gate(v.get("passed"), v)])
     head = ["variant", "file", "n", "accuracy [95 % CI]", "Δacc (pt)", "agreement % [90 % CI]", "strict %",
-            "max |Δp|", "mean |Δp|", "gate"]
+            "max |Δp|", "mean |Δp|", *(["none of these %"] if none else []), "gate"]
     failed = "".join(f"<li><b>{_e(mode)}</b>: {_e('; '.join(v['failures']))}</li>"
                      for mode, v in parity.get("variants", {}).items() if v.get("failures"))
     return (f"<section><h2>TFLite parity</h2><p>Every variant against model.keras on {_e(parity.get('n'))} "
