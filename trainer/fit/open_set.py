@@ -13,6 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# the one stable softmax (float64 inside, float32 out)
+from edge.postprocess import softmax
+
 SHARPNESS = 25.0  # extra-class logit per unit of cosine below the threshold (0.1 below: odds e^2.5)
 MAX_PER_CLASS = 2000  # photos per class the prototypes are fitted on (seeded sample: bounded memory)
 KMEANS_ITERATIONS = 25
@@ -22,11 +25,10 @@ ECE_BINS = 15
 
 @dataclass(frozen=True)
 class OpenSet:
-    """What the model carries: prototypes (P, D) unit rows, the class of each, the threshold
-    (cosine), the temperature folded into the class logits."""
+    """What the model carries: prototypes (P, D) unit rows, the threshold (cosine), the
+    temperature folded into the class logits."""
 
     prototypes: np.ndarray
-    classes: np.ndarray
     threshold: float
     temperature: float
     sharpness: float = SHARPNESS
@@ -164,17 +166,14 @@ def ece(probs: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> float:
     return float(total)
 
 
-def softmax(z: np.ndarray) -> np.ndarray:
-    return np.exp(log_softmax(z)).astype(np.float32)
-
 
 def fit(x_train, y_train, x_val, y_val, kernel: np.ndarray, bias: np.ndarray, n_classes: int, keep: float,
         per_class: int, seed: int) -> OpenSet:
     """Prototypes on train, the threshold keeping ``keep`` of val, the temperature on val logits."""
-    prototypes, owners = fit_prototypes(x_train, y_train, n_classes, per_class, seed)
+    prototypes, _ = fit_prototypes(x_train, y_train, n_classes, per_class, seed)
     val_scores = similarity(x_val, prototypes) if len(y_val) else similarity(x_train, prototypes)
     temperature = fit_temperature(logits_of(x_val, kernel, bias), np.asarray(y_val)) if len(y_val) else 1.0
-    return OpenSet(prototypes, owners, threshold(val_scores, keep), temperature)
+    return OpenSet(prototypes, threshold(val_scores, keep), temperature)
 
 
 def logits_of(x, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:

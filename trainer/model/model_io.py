@@ -34,18 +34,21 @@ def photo_probabilities(model, photos, progress: str | None = None) -> np.ndarra
     return np.concatenate(parts) if parts else np.zeros((0, model.output_shape[-1]), np.float32)
 
 
+def embedding_of(model):
+    """The pooled embedding tensor the classifier's head reads (before any dropout)."""
+    names = [layer.name for layer in model.layers]
+    if "none_of_these_unit" in names:
+        return model.get_layer("none_of_these_unit").input
+    if "head_dropout" in names:
+        return model.get_layer("head_dropout").input
+    return model.get_layer("probabilities").input
+
+
 def with_embedding(model):
     """The classifier with two outputs: the pooled embedding its head reads, and its own output."""
     import keras
 
-    names = [layer.name for layer in model.layers]
-    if "none_of_these_unit" in names:
-        embedding = model.get_layer("none_of_these_unit").input
-    elif "head_dropout" in names:
-        embedding = model.get_layer("head_dropout").input
-    else:
-        embedding = model.get_layer("probabilities").input
-    return keras.Model(model.input, [embedding, model.output])
+    return keras.Model(model.input, [embedding_of(model), model.output])
 
 
 def photo_outputs(model, photos, progress: str | None = None) -> list[np.ndarray]:

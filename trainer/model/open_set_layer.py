@@ -36,11 +36,11 @@ def attach(model, prototypes: np.ndarray, threshold: float, sharpness: float, te
     layers above. The base's layers are shared, not copied."""
     import keras
 
+    from trainer.model.model_io import embedding_of
+
     layers = keras.layers
-    dense = model.get_layer("probabilities")
-    kernel, bias = dense.get_weights()
-    names = [layer.name for layer in model.layers]
-    embedding = model.get_layer("head_dropout").input if "head_dropout" in names else dense.input
+    kernel, bias = model.get_layer("probabilities").get_weights()
+    embedding = embedding_of(model)
     k, p = kernel.shape[1], len(prototypes)
 
     def name(part: str) -> str:
